@@ -1,0 +1,84 @@
+"""Feature taps: names, where each sits in the UNet, and its channels and stride.
+
+Names follow the CleanDIFT code: `mid` is the mid block's output; `us1`..`us10` walk the up blocks,
+three per block (two layer outputs, then the block's output after its upsampler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CleanDiftError
+
+LATENT_STRIDE = 8
+"""The VAE's downsampling factor: image pixels per latent cell."""
+
+
+@dataclass(frozen=True)
+class TapSite:
+    """Where a tap is read: `block` is the up block index (-1 for the mid block), `layer` the
+    resnet(+attention) index inside it, or None for the block's output after the upsampler."""
+
+    block: int
+    layer: int | None
+
+
+TAP_SITES: dict[str, TapSite] = {
+    "mid": TapSite(-1, None),
+    "us1": TapSite(0, 0),
+    "us2": TapSite(0, 1),
+    "us3": TapSite(0, None),
+    "us4": TapSite(1, 0),
+    "us5": TapSite(1, 1),
+    "us6": TapSite(1, None),
+    "us7": TapSite(2, 0),
+    "us8": TapSite(2, 1),
+    "us9": TapSite(2, None),
+    "us10": TapSite(3, 0),
+}
+TAP_NAMES: tuple[str, ...] = tuple(TAP_SITES)
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """A tap's channel count and its stride in image pixels."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+def validate_taps(taps: Iterable[str]) -> tuple[str, ...]:
+    """The taps in canonical order, without duplicates; unknown names fail listing valid ones."""
+    taps = tuple(taps)
+    if not taps:
+        raise CleanDiftError(f"no taps requested: choose from {', '.join(TAP_NAMES)}")
+    unknown = [t for t in taps if t not in TAP_SITES]
+    if unknown:
+        raise CleanDiftError(
+            f"unknown tap {', '.join(map(repr, unknown))}: valid taps are {', '.join(TAP_NAMES)}"
+        )
+    return tuple(t for t in TAP_NAMES if t in taps)
+
+
+def deepest_tap(taps: Iterable[str]) -> str:
+    """The last tap in forward order: the graph stops there."""
+    return validate_taps(taps)[-1]
+
+
+def tap_specs(unet_config: Mapping[str, Any]) -> dict[str, TapSpec]:
+    """Channels and strides of every tap for a diffusers UNet2DConditionModel config."""
+    channels = list(unet_config["block_out_channels"])
+    n_down = len(channels) - 1
+    up_channels = channels[::-1]
+    specs: dict[str, TapSpec] = {}
+    for name, site in TAP_SITES.items():
+        if site.block < 0:
+            specs[name] = TapSpec(name, channels[-1], LATENT_STRIDE * 2**n_down)
+            continue
+        ups_before = site.block + (1 if site.layer is None else 0)
+        stride = LATENT_STRIDE * 2 ** max(n_down - ups_before, 0)
+        specs[name] = TapSpec(name, up_channels[site.block], stride)
+    return specs
