@@ -1,3 +1,3 @@
-"""cleandift-deploy: CleanDIFT diffusion features from PyTorch to ONNX, TensorRT and fused matching."""
+"""cleandift-deploy: CleanDIFT diffusion features from PyTorch to ONNX, TensorRT and matching."""
 
 __version__ = "0.1.0"

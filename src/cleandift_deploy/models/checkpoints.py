@@ -19,7 +19,9 @@ WEIGHT_NAMES = (
     "diffusion_pytorch_model.fp16.safetensors",
     "model.safetensors",
 )
-INDEX_NAMES = tuple(name.replace(".safetensors", ".safetensors.index.json") for name in WEIGHT_NAMES)
+INDEX_NAMES = tuple(
+    name.replace(".safetensors", ".safetensors.index.json") for name in WEIGHT_NAMES
+)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 

@@ -7,6 +7,7 @@ deepest tap is held by the module, runs, or appears in a trace.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -30,9 +31,7 @@ _UNSUPPORTED_CONFIG = (
 def is_tracing() -> bool:
     """True while a graph is captured (ONNX export, torch.jit or torch.compile): shape checks
     must not become Python branches baked into the graph then."""
-    return (
-        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    )
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class UpStage(nn.Module):
@@ -41,13 +40,13 @@ class UpStage(nn.Module):
     `n_skips` is the full block's skip count, so the stage takes the right skip tensors.
     """
 
-    def __init__(self, block: nn.Module, n_layers: int, upsample: bool) -> None:
+    def __init__(self, block: Any, n_layers: int, upsample: bool) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(block.resnets[:n_layers])
         attentions = getattr(block, "attentions", None)
         self.attentions = nn.ModuleList(attentions[:n_layers]) if attentions is not None else None
         self.upsamplers = block.upsamplers if upsample else None
-        self.n_skips = len(block.resnets)
+        self.n_skips: int = len(block.resnets)
 
     def forward(
         self,
@@ -61,7 +60,9 @@ class UpStage(nn.Module):
         for i, resnet in enumerate(self.resnets):
             hidden = resnet(torch.cat([hidden, skips[-1 - i]], dim=1), temb)
             if self.attentions is not None:
-                hidden = self.attentions[i](hidden, encoder_hidden_states=context, return_dict=False)[0]
+                hidden = self.attentions[i](
+                    hidden, encoder_hidden_states=context, return_dict=False
+                )[0]
             layer_outputs.append(hidden)
         if self.upsamplers is not None:
             for upsampler in self.upsamplers:
@@ -89,7 +90,9 @@ def _build_stages(unet: UNet2DConditionModel, taps: tuple[str, ...]) -> nn.Modul
         n_layers = deepest.layer + 1 if last and deepest.layer is not None else len(block.resnets)
         upsample = not (last and deepest.layer is not None)
         if upsample and block.upsamplers is None:
-            raise CleanDiftError(f"tap {taps[-1]} reads after up block {index}'s upsampler; it has none")
+            raise CleanDiftError(
+                f"tap {taps[-1]} reads after up block {index}'s upsampler; it has none"
+            )
         stages.append(UpStage(block, n_layers, upsample))
     return stages
 
@@ -100,6 +103,8 @@ class FeatureUNet(nn.Module):
     The timestep is baked as a constant (`timestep=261.0`, CleanDIFT's value) or, with
     `timestep=None`, must be passed to `forward`. Parameters are shared with `unet`, not copied.
     """
+
+    timestep: torch.Tensor
 
     def __init__(
         self,
@@ -144,7 +149,8 @@ class FeatureUNet(nn.Module):
             skips.extend(res)
         hidden = self.mid_block(hidden, temb, encoder_hidden_states=context)
         found = {"mid": hidden}
-        for index, stage in enumerate(self.up_blocks):
+        for index, module in enumerate(self.up_blocks):
+            stage = cast(UpStage, module)
             block_skips = skips[-stage.n_skips :]
             skips = skips[: -stage.n_skips]
             hidden, layers = stage(hidden, block_skips, temb, context)
@@ -160,7 +166,7 @@ class FeatureUNet(nn.Module):
         if timestep is None:
             if self.baked_timestep is None:
                 raise CleanDiftError("this FeatureUNet has no baked timestep: pass `timestep`")
-            timestep = self.timestep
+            return self._time_embedding(self.timestep, latents)
         steps = timestep.reshape(-1).to(latents.device).expand(latents.shape[0])
         return self.time_embedding(self.time_proj(steps).to(latents.dtype))
 

@@ -1,4 +1,4 @@
-"""The image side: VAE encoder (posterior mean times the scaling factor) composed with FeatureUNet."""
+"""The image side: the VAE encoder (scaled posterior mean) composed with FeatureUNet."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ class ImageFeatureModel(nn.Module):
     The prompt embedding is baked (`prompt_embeds [1,S,D]`) or, when None, passed to `forward`.
     """
 
+    prompt_embeds: torch.Tensor
+
     def __init__(
         self,
         vae_encoder: VAEEncoder,
@@ -79,6 +81,8 @@ class ImageFeatureModel(nn.Module):
     def check_image(self, image: torch.Tensor) -> None:
         """One-line errors for wrong ranks, channel counts and sizes."""
         if image.ndim != 4:
-            raise CleanDiftError(f"images must be a [B,3,H,W] batch; got shape {tuple(image.shape)}")
+            raise CleanDiftError(
+                f"images must be a [B,3,H,W] batch; got shape {tuple(image.shape)}"
+            )
         check_channels("image", image.shape[1], self.vae_encoder.in_channels)
         check_image_size(image.shape[2], image.shape[3])

@@ -114,7 +114,9 @@ def _pipeline_root(unet_dir: Path) -> Path | None:
     return None
 
 
-def _config_for_file(path: Path, arch: str | None, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _config_for_file(
+    path: Path, arch: str | None, state: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     if arch is not None:
         return get_arch(arch).unet_config()
     folder = path.parent
@@ -149,7 +151,9 @@ def load_unet(
     `*_unet.safetensors` / `*_full.safetensors` file. Pickle files are refused."""
     path = Path(source)
     if not path.exists():
-        raise CleanDiftError(f"{path} does not exist: give a diffusers folder or a .safetensors file")
+        raise CleanDiftError(
+            f"{path} does not exist: give a diffusers folder or a .safetensors file"
+        )
     if path.is_dir():
         unet_dir = _unet_folder(path)
         config = _read_config(unet_dir / "config.json")
@@ -184,3 +188,25 @@ def load_vae(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return build_vae(dict(get_arch(arch).vae)).eval()
+
+
+def resolve_source(
+    source: str | Path | None,
+    *,
+    arch: str | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+) -> LoadedUNet:
+    """What a CLI SOURCE names: a checkpoint to load, or `--arch NAME --random-init`."""
+    if random_init:
+        if source is not None:
+            raise CleanDiftError("give either SOURCE or --random-init, not both")
+        if arch is None:
+            raise CleanDiftError(f"--random-init needs --arch ({', '.join(ARCHS)})")
+        return random_unet(arch, seed, device)
+    if source is None:
+        raise CleanDiftError(
+            "give a SOURCE (diffusers folder or .safetensors), or --arch with --random-init"
+        )
+    return load_unet(source, arch=arch)

@@ -1,0 +1,136 @@
+"""The manifest every exported model and engine carries (ONNX metadata and a JSON sidecar).
+
+It says what the artifact computes and how it was made, so the runtime can refuse a mismatch with
+a message instead of returning wrong features.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import write_text_atomic
+from .errors import CleanDiftError
+
+FORMAT_VERSION = 1
+"""Bumped whenever a field changes meaning; the runtime refuses other versions."""
+
+
+@dataclass
+class TapInfo:
+    """One named output: channels and stride in image pixels."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+@dataclass
+class InputInfo:
+    """The graph input: `image` (uint8 or float [-1,1], NCHW) or `latents` (scaled VAE latents)."""
+
+    name: str = "image"
+    dtype: str = "uint8"
+    layout: str = "NCHW"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    resize: str = "squash"
+    """How the runtime fits an image to the graph's size: "squash" (as the references) or "pad"."""
+
+
+@dataclass
+class ShapeRange:
+    """min / opt / max of one dynamic dimension (image pixels for height and width)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def contains(self, value: int) -> bool:
+        """Whether `value` lies inside the range."""
+        return self.min <= value <= self.max
+
+
+@dataclass
+class Manifest:
+    """What an artifact computes, from which checkpoint, with which tools, how well it agrees."""
+
+    kind: str
+    arch: str
+    source: str
+    checkpoint_sha256: str
+    taps: list[TapInfo]
+    input: InputInfo
+    batch: ShapeRange
+    height: ShapeRange
+    width: ShapeRange
+    timestep: float | None
+    prompt: str | None
+    prompt_input: bool
+    precision: str
+    versions: dict[str, str] = field(default_factory=dict)
+    target: dict[str, Any] = field(default_factory=dict)
+    agreement: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    toolkit_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        """The output names, in order."""
+        return tuple(t.name for t in self.taps)
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def save(self, path: Path) -> None:
+        """Write the JSON sidecar atomically."""
+        write_text_atomic(path, self.to_json() + "\n")
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "manifest") -> Manifest:
+        """Parse and check a manifest; other format versions are refused with what to do."""
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise CleanDiftError(
+                f"{origin} is not valid JSON ({err}): re-export the model"
+            ) from None
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != FORMAT_VERSION:
+            raise CleanDiftError(
+                f"{origin} has manifest format {version}, this toolkit ({__version__}) reads "
+                f"format {FORMAT_VERSION}: re-export the model with this version"
+            )
+        try:
+            return cls(
+                **{
+                    **data,
+                    "taps": [TapInfo(**t) for t in data["taps"]],
+                    "input": InputInfo(
+                        **{**data["input"], "value_range": tuple(data["input"]["value_range"])}
+                    ),
+                    "batch": ShapeRange(**data["batch"]),
+                    "height": ShapeRange(**data["height"]),
+                    "width": ShapeRange(**data["width"]),
+                }
+            )
+        except (KeyError, TypeError) as err:
+            raise CleanDiftError(
+                f"{origin} is incomplete or malformed ({err}): re-export the model"
+            ) from None
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read a JSON sidecar."""
+        if not path.is_file():
+            raise CleanDiftError(f"no manifest at {path}: re-export the model, which writes one")
+        return cls.from_json(path.read_text(), str(path))
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """Where an artifact's JSON manifest lives: `model.onnx` -> `model.json`."""
+    return artifact.with_suffix(".json")
