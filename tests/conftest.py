@@ -1,0 +1,26 @@
+"""Shared test set-up: offline hub, small model fixtures."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from cleandift_deploy.models import random_unet  # noqa: E402
+from cleandift_deploy.models.loading import LoadedUNet  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request: pytest.FixtureRequest) -> None:
+    """A different but reproducible seed per test: inputs are fresh, failures re-run the same."""
+    torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedUNet:
+    """The tiny architecture with random weights (shared, read-only)."""
+    return random_unet("tiny", seed=1)
