@@ -18,7 +18,9 @@ def check_features(x: torch.Tensor, name: str, ndim: int, layout: str) -> None:
     if x.ndim != ndim:
         raise ValueError(f"{name} must have shape {layout}, got {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}; cast it first")
+        raise ValueError(
+            f"{name} must be float32, float16 or bfloat16, got {x.dtype}; cast it first"
+        )
     if any(s == 0 for s in x.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):

@@ -35,8 +35,11 @@ def bilinear_axis(n_in: int, n_out: int, device: torch.device | str = "cpu") -> 
 
     Follows ATen's ``area_pixel_compute_source_index``: scale = n_in / n_out in float32, then
     src = scale * (o + 0.5) - 0.5 rounded once to float32 (ATen's compiled code fuses the
-    multiply-add, so we compute it exactly in float64 and round), clamped below at 0, i0 = floor(src) capped at n_in - 1,
-    i1 = i0 + 1 except on the last input index, w1 = src - i0.
+    multiply-add, so we compute it exactly in float64 and round), clamped below at 0;
+    i0 = floor(src) capped at n_in - 1, i1 = i0 + 1 except on the last input index, w1 = src - i0.
+    Where i1 == i0 (past the last input centre) the weights are set to (1, 0): the same value,
+    but pixels that are exact copies of one input then get bit-identical results, so ties between
+    them are real ties and resolve to the first index as in the upsampled map.
     """
     out = torch.arange(n_out, device=device)
     if n_in == n_out:
@@ -47,6 +50,7 @@ def bilinear_axis(n_in: int, n_out: int, device: torch.device | str = "cpu") -> 
     i0 = src.floor().long().clamp_max(n_in - 1)
     w1 = (src - i0.float()).clamp(0.0, 1.0)
     i1 = i0 + (i0 < n_in - 1).long()
+    w1 = torch.where(i1 == i0, 0.0, w1)
     return Axis(i0, i1, 1.0 - w1, w1)
 
 
@@ -68,4 +72,4 @@ def cell_to_pixel(cell: torch.Tensor, n_pixels: int, n_cells: int) -> torch.Tens
 
 def window_half_pixels(radius_cells: int, n_pixels: int, n_cells: int) -> int:
     """A window radius given in feature cells, expressed in image pixels (rounded)."""
-    return int(math.floor(radius_cells * n_pixels / n_cells + 0.5))
+    return math.floor(radius_cells * n_pixels / n_cells + 0.5)
