@@ -1,0 +1,149 @@
+"""`export_onnx`: a loaded UNet (plus VAE and prompt) to an ONNX graph with its manifest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import onnx
+
+from .. import __version__
+from ..errors import CleanDiftError
+from ..manifest import InputInfo, Manifest, TapInfo
+from ..models import tap_specs
+from ..models.loading import LoadedUNet
+from .agreement import as_record, failures
+from .artifact_files import (
+    publish,
+    refuse_existing_artifact,
+    save_onnx,
+    set_manifest_metadata,
+    staging_folder,
+)
+from .cleanup import fold_and_clean
+from .graph_module import IMAGE_INPUT, LATENT_INPUT, ExportGraph, build_export_graph
+from .measure import agreement_batches, measure_agreement
+from .options import ExportOptions
+from .shapes import ShapePlan, plan_shapes, sample_inputs
+from .trace import trace_to_onnx
+
+log = logging.getLogger(__name__)
+_VERSIONED = ("torch", "onnx", "onnxruntime", "diffusers", "onnx-graphsurgeon")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the tools that shaped an export."""
+    found = {"cleandift-deploy": __version__}
+    for name in _VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def input_info(vae: bool) -> InputInfo:
+    """The graph input's contract: uint8 images scaled in the graph, or scaled VAE latents."""
+    if vae:
+        return InputInfo(IMAGE_INPUT, "uint8", "NCHW", (0.0, 255.0), "squash")
+    return InputInfo(LATENT_INPUT, "float32", "NCHW", (float("-inf"), float("inf")), "none")
+
+
+def _manifest(
+    loaded: LoadedUNet,
+    options: ExportOptions,
+    plan: ShapePlan,
+    module: ExportGraph,
+    **extra: object,
+) -> Manifest:
+    specs = tap_specs(loaded.unet.config)
+    return Manifest(
+        kind="onnx",
+        arch=loaded.arch,
+        source=loaded.source,
+        checkpoint_sha256=loaded.checkpoint_sha256,
+        taps=[TapInfo(t, specs[t].channels, specs[t].stride) for t in module.taps],
+        input=input_info(options.vae),
+        batch=plan.batch,
+        height=plan.height,
+        width=plan.width,
+        timestep=float(module.features.baked_timestep or 0.0),
+        prompt=None if options.prompt_input else options.prompt,
+        prompt_input=options.prompt_input,
+        precision=options.precision,
+        versions=package_versions(),
+        build=dict(extra, opset=options.opset),
+    )
+
+
+def _convert_precision(
+    model: onnx.ModelProto, options: ExportOptions, module: ExportGraph, plan: ShapePlan
+) -> tuple[onnx.ModelProto, list[str]]:
+    if options.precision == "fp32":
+        return model, []
+    from .calibration import calibrated_keep_list
+    from .fp16 import to_mixed_fp16
+
+    keep: list[str] = []
+    if options.calibration_images is not None:
+        keep = calibrated_keep_list(model, options.calibration_images, plan, options.fp16_bound)
+    return to_mixed_fp16(model, keep), keep
+
+
+def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manifest:
+    """Export `loaded` to `out` (.onnx, plus .onnx.data when large) with `out`'s .json manifest.
+
+    The graph is traced in fp32, cleaned (constants folded, shapes inferred), converted to mixed
+    fp16 when asked, checked with `onnx.checker`, measured against PyTorch in ONNX Runtime and
+    written atomically. Returns the manifest.
+    """
+    out = Path(out)
+    options.check()
+    refuse_existing_artifact(out, options.force)
+    plan = plan_shapes(loaded.arch, options)
+    spec = build_export_graph(loaded, options)
+    module = spec.module
+    started = time.perf_counter()
+    with staging_folder(out) as folder:
+        inputs = sample_inputs(plan, options.vae, options.prompt_input, spec.cross_attention_dim)
+        traced = trace_to_onnx(module, inputs, plan, options.opset, folder / "traced.onnx")
+        model, nodes_before, nodes_after = fold_and_clean(traced)
+        del traced
+        model, keep = _convert_precision(model, options, module, plan)
+        staged = folder / out.name
+        external = save_onnx(model, staged, options.external_data_threshold)
+        del model
+        check_onnx(staged)
+        manifest = _manifest(
+            loaded,
+            options,
+            plan,
+            module,
+            nodes_traced=nodes_before,
+            nodes_cleaned=nodes_after,
+            external_data=external,
+            fp32_keep_list=keep,
+            export_seconds=round(time.perf_counter() - started, 2),
+        )
+        if options.check_agreement:
+            agreement = measure_agreement(staged, module, agreement_batches(plan, module))
+            manifest.agreement = {
+                "reference": "fp32 PyTorch, fresh random inputs",
+                "runtime": "onnxruntime-cpu",
+                "taps": as_record(agreement),
+                "failures": failures(agreement, options.precision),
+            }
+        set_manifest_metadata(staged, manifest)
+        publish(staged, out, manifest)
+    log.info("exported %s (%d -> %d nodes)", out, nodes_before, nodes_after)
+    return manifest
+
+
+def check_onnx(path: Path) -> None:
+    """`onnx.checker` on the saved file (a path, so external data of any size works)."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise CleanDiftError(f"the exported graph is invalid: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,59 @@
+"""What an export should produce: the options of `export_onnx` and the `export` verb."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CleanDiftError
+
+PRECISIONS = ("fp32", "fp16")
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000
+"""Models whose weights exceed this many bytes are saved with one external `.onnx.data` file
+(protobuf cannot hold more than 2 GiB)."""
+
+
+@dataclass
+class ExportOptions:
+    """Options of one export; `None` fields take the model's defaults.
+
+    `batch` is (min, opt, max); `size_range` is ((h_min, w_min), (h_max, w_max)) in image pixels,
+    or None for a static `image_size`. `image_size` is also the optimisation (tracing) shape.
+    """
+
+    taps: tuple[str, ...] = ("us6",)
+    timestep: float | None = None
+    prompt: str = ""
+    prompt_input: bool = False
+    vae: bool = True
+    image_size: tuple[int | None, int | None] = (None, None)
+    batch: tuple[int, int, int] = (1, 1, 1)
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    opset: int = 17
+    precision: str = "fp32"
+    force: bool = False
+    calibration_images: Path | None = None
+    random_init: bool = False
+    check_agreement: bool = True
+    """Measure ONNX Runtime vs PyTorch on fresh random inputs and record it in the manifest."""
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    fp16_bound: float = 512.0
+    """Calibrated activations above this magnitude keep their node in fp32 (ModelOpt's default)."""
+
+    def check(self) -> None:
+        """One-line errors for option values that cannot work together."""
+        if self.precision not in PRECISIONS:
+            raise CleanDiftError(
+                f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
+            )
+        low, opt, high = self.batch
+        if not 1 <= low <= opt <= high:
+            raise CleanDiftError(
+                f"batch range {low}:{opt}:{high} must satisfy 1 <= MIN <= OPT <= MAX"
+            )
+        if self.calibration_images is not None and self.precision != "fp16":
+            raise CleanDiftError("--calibration-images only applies to --precision fp16")
+        if self.calibration_images is not None and not self.vae:
+            raise CleanDiftError("--calibration-images needs the VAE in the graph (drop --no-vae)")
+        if self.opset < 14:
+            raise CleanDiftError(f"opset {self.opset} is too old: use 14 or newer (17 default)")

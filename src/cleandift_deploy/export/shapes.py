@@ -1,0 +1,112 @@
+"""Shapes of an export: the tracing shape, the dynamic ranges, and sample inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import CleanDiftError
+from ..manifest import ShapeRange
+from ..models import ARCHS, check_image_size
+from ..models.prompt import PROMPT_LENGTH
+from ..models.taps import LATENT_STRIDE
+from .options import ExportOptions
+
+DEFAULT_IMAGE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class ShapePlan:
+    """Batch, height and width ranges (image pixels) of one export."""
+
+    batch: ShapeRange
+    height: ShapeRange
+    width: ShapeRange
+
+    @property
+    def dynamic(self) -> dict[str, bool]:
+        """Which of batch, height and width vary."""
+        return {
+            name: r.min != r.max
+            for name, r in (("batch", self.batch), ("height", self.height), ("width", self.width))
+        }
+
+
+def _default_size(arch: str) -> int:
+    return ARCHS[arch].image_size if arch in ARCHS else DEFAULT_IMAGE_SIZE
+
+
+def plan_shapes(arch: str, options: ExportOptions) -> ShapePlan:
+    """The shape ranges for these options; sizes are checked to be multiples of 64."""
+    default = _default_size(arch)
+    height, width = (default if s is None else int(s) for s in options.image_size)
+    if options.size_range is None:
+        (h_min, w_min), (h_max, w_max) = (height, width), (height, width)
+    else:
+        (h_min, w_min), (h_max, w_max) = options.size_range
+        if options.image_size == (None, None):
+            height, width = h_max, w_max
+    for h, w in ((height, width), (h_min, w_min), (h_max, w_max)):
+        check_image_size(h, w)
+    if not (h_min <= height <= h_max and w_min <= width <= w_max):
+        raise CleanDiftError(
+            f"image size {height}x{width} lies outside the size range "
+            f"{h_min}x{w_min}..{h_max}x{w_max}: choose an --image-size inside it"
+        )
+    low, opt, high = options.batch
+    return ShapePlan(
+        ShapeRange(low, opt, high),
+        ShapeRange(h_min, height, h_max),
+        ShapeRange(w_min, width, w_max),
+    )
+
+
+def sample_inputs(
+    plan: ShapePlan,
+    vae: bool,
+    prompt_input: bool,
+    cross_attention_dim: int,
+    batch: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Fresh random graph inputs at the optimisation shape (or another batch size)."""
+    n = plan.batch.opt if batch is None else batch
+    h, w = plan.height.opt, plan.width.opt
+    if vae:
+        first = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=generator)
+    else:
+        first = torch.randn(n, 4, h // LATENT_STRIDE, w // LATENT_STRIDE, generator=generator)
+    if not prompt_input:
+        return (first,)
+    context = torch.randn(n, PROMPT_LENGTH, cross_attention_dim, generator=generator)
+    return first, context
+
+
+def dynamic_axes(
+    plan: ShapePlan, input_names: list[str], output_names: tuple[str, ...]
+) -> dict[str, dict[int, str]]:
+    """`torch.onnx.export` dynamic axes: batch, height and width where their ranges vary."""
+    dynamic = plan.dynamic
+    spatial = {}
+    if dynamic["batch"]:
+        spatial[0] = "batch"
+    axes: dict[str, dict[int, str]] = {}
+    for index, name in enumerate(input_names):
+        entry = dict(spatial)
+        if index == 0:
+            if dynamic["height"]:
+                entry[2] = "height"
+            if dynamic["width"]:
+                entry[3] = "width"
+        if entry:
+            axes[name] = entry
+    for name in output_names:
+        entry = dict(spatial)
+        if dynamic["height"]:
+            entry[2] = f"{name}_height"
+        if dynamic["width"]:
+            entry[3] = f"{name}_width"
+        if entry:
+            axes[name] = entry
+    return axes
