@@ -1,0 +1,114 @@
+"""The PyTorch reference: the exporter's own graph module, built from a model source.
+
+For comparison with an artifact it is built from the artifact's manifest (same taps, timestep,
+prompt and input contract), after checking that the checkpoint is the one the artifact came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CleanDiftError
+from ..export.exporter import input_info, package_versions
+from ..export.graph_module import build_export_graph
+from ..export.options import ExportOptions
+from ..manifest import Manifest, ShapeRange, TapInfo
+from ..models import ARCHS, random_unet, tap_specs
+from ..models.loading import LoadedUNet, resolve_source
+from .torch_backend import TorchBackend
+
+UNBOUNDED_BATCH = 1 << 16
+MAX_SIDE = 8192
+"""PyTorch takes any multiple of 64 up to this side; artifacts have their exported ranges."""
+_RANDOM_PREFIX = "random-init:"
+_SEED_PREFIX = "random-init-seed"
+
+
+@dataclass
+class ReferenceSpec:
+    """What the reference computes: the fields of an export that shape its graph."""
+
+    taps: tuple[str, ...] = ("us6",)
+    timestep: float | None = None
+    prompt: str = ""
+    prompt_input: bool = False
+    vae: bool = True
+
+    @classmethod
+    def like(cls, manifest: Manifest) -> ReferenceSpec:
+        """The spec that reproduces an artifact's graph in PyTorch."""
+        return cls(
+            taps=manifest.tap_names,
+            timestep=manifest.timestep,
+            prompt=manifest.prompt or "",
+            prompt_input=manifest.prompt_input,
+            vae=manifest.input.name == "image",
+        )
+
+
+def source_of(manifest: Manifest) -> LoadedUNet:
+    """Reload the checkpoint an artifact was exported from, refusing a different one."""
+    if manifest.source.startswith(_RANDOM_PREFIX) and manifest.checkpoint_sha256.startswith(
+        _SEED_PREFIX
+    ):
+        seed = int(manifest.checkpoint_sha256[len(_SEED_PREFIX) :])
+        return random_unet(manifest.source[len(_RANDOM_PREFIX) :], seed)
+    if not Path(manifest.source).exists():
+        raise CleanDiftError(
+            f"the model's checkpoint {manifest.source} is not on this machine: "
+            "pass the checkpoint as the source for the PyTorch backend"
+        )
+    loaded = resolve_source(manifest.source, arch=manifest.arch if manifest.arch in ARCHS else None)
+    check_same_checkpoint(loaded, manifest)
+    return loaded
+
+
+def check_same_checkpoint(loaded: LoadedUNet, manifest: Manifest) -> None:
+    """The reference must run the weights the artifact was made from."""
+    if loaded.checkpoint_sha256 != manifest.checkpoint_sha256:
+        raise CleanDiftError(
+            f"{loaded.source} is not the checkpoint the model was exported from "
+            f"(sha256 {loaded.checkpoint_sha256[:12]} vs {manifest.checkpoint_sha256[:12]}): "
+            "give the original checkpoint"
+        )
+
+
+def reference_manifest(loaded: LoadedUNet, spec: ReferenceSpec, timestep: float) -> Manifest:
+    """A manifest describing the PyTorch reference, so the extractor treats it like an artifact."""
+    specs = tap_specs(loaded.unet.config)
+    default = ARCHS[loaded.arch].image_size if loaded.arch in ARCHS else 512
+    return Manifest(
+        kind="pytorch",
+        arch=loaded.arch,
+        source=loaded.source,
+        checkpoint_sha256=loaded.checkpoint_sha256,
+        taps=[TapInfo(t, specs[t].channels, specs[t].stride) for t in spec.taps],
+        input=input_info(spec.vae),
+        batch=ShapeRange(1, 1, UNBOUNDED_BATCH),
+        height=ShapeRange(64, default, MAX_SIDE),
+        width=ShapeRange(64, default, MAX_SIDE),
+        timestep=timestep,
+        prompt=None if spec.prompt_input else spec.prompt,
+        prompt_input=spec.prompt_input,
+        precision="fp32",
+        versions=package_versions(),
+    )
+
+
+def build_reference(
+    loaded: LoadedUNet, spec: ReferenceSpec, device: str = "cpu", precision: str = "fp32"
+) -> tuple[TorchBackend, Manifest]:
+    """The reference backend for `spec` and the manifest that describes it."""
+    options = ExportOptions(
+        taps=spec.taps,
+        timestep=spec.timestep,
+        prompt=spec.prompt,
+        prompt_input=spec.prompt_input,
+        vae=spec.vae,
+    )
+    graph = build_export_graph(loaded, options)
+    backend = TorchBackend(
+        graph.module, graph.module.input_names, graph.module.taps, device, precision
+    )
+    return backend, reference_manifest(loaded, spec, graph.timestep)

@@ -1,0 +1,52 @@
+"""Which backend runs an artifact: the file kind, what is installed, and what this machine has.
+
+`auto` picks the fastest backend that can run here at the artifact's own precision: TensorRT for
+engines; for ONNX graphs ONNX Runtime, on CUDA when a GPU and onnxruntime-gpu are both present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import CleanDiftError
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "torch-bf16")
+ARTIFACT_KINDS = {".onnx": "onnx", ".plan": "tensorrt", ".engine": "tensorrt"}
+
+
+def artifact_kind(path: Path) -> str:
+    """ "onnx" or "tensorrt" from the file name; missing files and other suffixes are refused."""
+    if not path.is_file():
+        raise CleanDiftError(f"{path} does not exist: export the model first")
+    kind = ARTIFACT_KINDS.get(path.suffix)
+    if kind is None:
+        raise CleanDiftError(
+            f"{path.name} is not a model artifact: give a .onnx, .plan or .engine file"
+        )
+    return kind
+
+
+def ort_has_cuda() -> bool:
+    """Whether ONNX Runtime and torch can both use a CUDA GPU here."""
+    import onnxruntime
+
+    return (
+        torch.cuda.is_available()
+        and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    )
+
+
+def choose_backend(kind: str, device: str | None) -> str:
+    """The backend `auto` means for this artifact kind."""
+    return "tensorrt" if kind == "tensorrt" else "onnxruntime"
+
+
+def default_device(backend: str) -> str:
+    """The device a backend runs on when none is named."""
+    if backend == "tensorrt":
+        return "cuda"
+    if backend == "onnxruntime":
+        return "cuda" if ort_has_cuda() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
