@@ -1,7 +1,102 @@
-"""CLI verbs of this subpackage, registered by `cleandift_deploy.cli`."""
+"""CLI verbs of this subpackage, registered by `cleandift_deploy.cli`: `extract`."""
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+
+from .extract_files import ExtractReport, extract_files, plan_jobs
+from .extractor import FeatureExtractor
+from .preprocess import RESIZE_POLICIES
+from .selection import ARTIFACT_KINDS, BACKENDS
+
+
+def _taps(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(t.strip() for t in value.split(",") if t.strip())
+
+
+def open_model(
+    model: str,
+    backend: str,
+    device: str | None,
+    taps: tuple[str, ...] | None,
+    image_size: tuple[int, int] | None,
+    resize: str | None,
+    batch_size: int | None,
+) -> FeatureExtractor:
+    """An artifact through `FeatureExtractor.load`, or a model source through PyTorch."""
+    if Path(model).suffix in ARTIFACT_KINDS:
+        return FeatureExtractor.load(
+            model,
+            backend,
+            device,
+            taps=taps,
+            image_size=image_size,
+            resize=resize,
+            batch_size=batch_size,
+        )
+    return FeatureExtractor.from_source(
+        model,
+        taps=taps or ("us6",),
+        image_size=image_size,
+        resize=resize or "squash",
+        batch_size=batch_size or 1,
+        device=device or "cpu",
+        precision="bf16" if backend == "torch-bf16" else "fp32",
+    )
+
+
+def _summarise(report: ExtractReport, out: Path) -> None:
+    console = Console(stderr=True)
+    console.print(
+        f"{len(report.written)} written, {len(report.skipped)} skipped (already in {out}; "
+        f"--overwrite to redo), {len(report.failed)} unreadable"
+    )
+    for _, reason in report.failed:
+        console.print(f"  unreadable: {reason}", markup=False, highlight=False)
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="Artifact (.onnx, .plan, .engine) or a model source (diffusers folder, .safetensors).",
+)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--taps", default=None, help="Comma-separated taps (default: all of the model's).")
+@click.option("--batch-size", type=int, default=None, help="Images per run (default: model max).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: the backend's best here).")
+@click.option(
+    "--image-size", nargs=2, type=int, default=None, metavar="H W", help="Model input size."
+)
+@click.option("--resize", type=click.Choice(RESIZE_POLICIES), default=None, help="Fit policy.")
+@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist.")
+@click.option("--pca", is_flag=True, help="Also save a feature-PCA picture beside each output.")
+def extract(
+    model: str,
+    inputs: tuple[Path, ...],
+    out: Path,
+    taps: str | None,
+    batch_size: int | None,
+    backend: str,
+    device: str | None,
+    image_size: tuple[int, int] | None,
+    resize: str | None,
+    overwrite: bool,
+    pca: bool,
+) -> None:
+    """Features of image files and folders: one safetensors file per image in --out."""
+    jobs = plan_jobs(list(inputs), out)
+    extractor = open_model(model, backend, device, _taps(taps), image_size, resize, batch_size)
+    report = extract_files(extractor, jobs, overwrite=overwrite, pca=pca)
+    _summarise(report, out)
+    if report.failed:
+        raise SystemExit(1)
+
+
+COMMANDS: list[click.Command] = [extract]

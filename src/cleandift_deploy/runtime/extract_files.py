@@ -1,0 +1,157 @@
+"""Extracting features from image files into one safetensors file per image.
+
+Each output holds the tap tensors `[C, h, w]` and, as metadata, the image's original size, how it
+was fitted, and the hash of the model's manifest, so a feature file always says which model made it.
+Outputs that already exist are skipped (unless overwriting); images that cannot be decoded are
+collected and reported at the end instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from safetensors.torch import save_file
+
+from ..atomic import atomic_path
+from ..errors import CleanDiftError
+from .extractor import FeatureExtractor
+from .images import IMAGE_SUFFIXES, read_image
+from .pca import save_pca_picture
+from .preprocess import Placement
+
+OUTPUT_SUFFIX = ".safetensors"
+PCA_SUFFIX = ".pca.png"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to extract and where its features go."""
+
+    image: Path
+    output: Path
+
+
+@dataclass
+class ExtractReport:
+    """What a run did: outputs written, outputs skipped because they existed, images that failed."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _walk(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def plan_jobs(inputs: Sequence[Path], out: Path) -> list[Job]:
+    """Files as given and folders walked recursively; outputs mirror each folder's layout.
+
+    The output keeps the image's full name (`cat.jpg` -> `cat.jpg.safetensors`), so `cat.jpg`
+    and `cat.png` never collide.
+    """
+    jobs: list[Job] = []
+    for given in inputs:
+        if given.is_dir():
+            jobs.extend(
+                Job(p, out / p.relative_to(given).with_name(p.name + OUTPUT_SUFFIX))
+                for p in _walk(given)
+            )
+        elif given.is_file():
+            jobs.append(Job(given, out / (given.name + OUTPUT_SUFFIX)))
+        else:
+            raise CleanDiftError(f"{given} does not exist: give image files or folders")
+    outputs = [job.output for job in jobs]
+    if len(set(outputs)) != len(outputs):
+        raise CleanDiftError(
+            "two inputs map to the same output name: give them from different folders"
+        )
+    return jobs
+
+
+def feature_metadata(
+    extractor: FeatureExtractor, placement: Placement, image: Path
+) -> dict[str, str]:
+    """The string metadata stored with each output."""
+    height, width = extractor.image_size
+    return {
+        "image": str(image),
+        "image_size": json.dumps(list(placement.original)),
+        "input_size": json.dumps([height, width]),
+        "content_size": json.dumps(list(placement.content)),
+        "resize": extractor.resize,
+        "taps": json.dumps(list(extractor.taps)),
+        "backend": extractor.backend_name,
+        "manifest_sha256": extractor.manifest_sha256,
+    }
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+
+
+def _chunks(jobs: list[Job], size: int) -> Iterator[list[Job]]:
+    for start in range(0, len(jobs), size):
+        yield jobs[start : start + size]
+
+
+def _content_cells(extractor: FeatureExtractor, tap: str, placement: Placement) -> tuple[int, int]:
+    stride = next(t.stride for t in extractor.manifest.taps if t.name == tap)
+    return -(-placement.content[0] // stride), -(-placement.content[1] // stride)
+
+
+def _write_batch(
+    extractor: FeatureExtractor, jobs: list[Job], images: list[np.ndarray], pca: bool
+) -> list[Path]:
+    features = extractor.extract(images)
+    written = []
+    for index, (job, placement) in enumerate(zip(jobs, features.placements, strict=True)):
+        tensors = {name: t[index].cpu().contiguous() for name, t in features.taps.items()}
+        _save(job.output, tensors, feature_metadata(extractor, placement, job.image))
+        if pca:
+            tap = extractor.taps[-1]
+            picture = job.output.with_name(job.output.name[: -len(OUTPUT_SUFFIX)] + PCA_SUFFIX)
+            cells = _content_cells(extractor, tap, placement)
+            save_pca_picture(tensors[tap], picture, extractor.image_size, cells)
+        written.append(job.output)
+    return written
+
+
+def extract_files(
+    extractor: FeatureExtractor,
+    jobs: list[Job],
+    *,
+    overwrite: bool = False,
+    pca: bool = False,
+    show_progress: bool = True,
+) -> ExtractReport:
+    """Run every job in batches of the extractor's batch size, with a progress bar."""
+    report = ExtractReport()
+    todo = [job for job in jobs if overwrite or not job.output.exists()]
+    pending = set(todo)
+    report.skipped = [job.output for job in jobs if job not in pending]
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), disable=not show_progress) as progress:
+        task = progress.add_task("extracting", total=len(todo))
+        for chunk in _chunks(todo, extractor.batch_size):
+            readable: list[Job] = []
+            images: list[np.ndarray] = []
+            for job in chunk:
+                try:
+                    images.append(read_image(job.image))
+                    readable.append(job)
+                except CleanDiftError as err:
+                    report.failed.append((job.image, str(err)))
+            if readable:
+                report.written.extend(_write_batch(extractor, readable, images, pca))
+            progress.advance(task, len(chunk))
+    return report
