@@ -20,7 +20,7 @@ def _check_multiple(what: str, height: int, width: int, multiple: int, note: str
     if height > 0 and width > 0 and height % multiple == 0 and width % multiple == 0:
         return
     (h_lo, h_hi), (w_lo, w_hi) = nearest_valid(height, multiple), nearest_valid(width, multiple)
-    options = sorted({f"{h_lo}x{w_lo}", f"{h_hi}x{w_hi}"})
+    options = list(dict.fromkeys((f"{h_lo}x{w_lo}", f"{h_hi}x{w_hi}")))
     raise CleanDiftError(
         f"{what} size {height}x{width} (HxW) is not a multiple of {multiple}{note}: "
         f"use {' or '.join(options)}"

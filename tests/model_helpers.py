@@ -1,0 +1,60 @@
+"""Reference taps from forward hooks on the full diffusers UNet, and small test configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from cleandift_deploy.models.configs import TINY
+from cleandift_deploy.models.taps import TAP_SITES
+
+SMALL21: dict[str, Any] = {
+    **TINY.unet,
+    "block_out_channels": [32, 48, 64, 64],
+    "cross_attention_dim": 48,
+    "attention_head_dim": [2, 4, 4, 8],
+    "norm_num_groups": 16,
+    "use_linear_projection": True,
+    "upcast_attention": True,
+}
+"""A second small config: other head counts, cross-attention width, linear projections, upcast."""
+
+
+def _tap_module(unet: UNet2DConditionModel, name: str) -> torch.nn.Module:
+    site = TAP_SITES[name]
+    if site.block < 0:
+        return unet.mid_block
+    block = unet.up_blocks[site.block]
+    if site.layer is None:
+        return block
+    layers = block.attentions if getattr(block, "attentions", None) is not None else block.resnets
+    return layers[site.layer]
+
+
+def hooked_taps(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    timestep: float,
+    taps: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
+    """Every tap captured by forward hooks while the full UNet runs: the independent reference."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in taps:
+
+        def hook(_module: Any, _inputs: Any, output: Any, name: str = name) -> None:
+            captured[name] = (
+                output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+            )
+
+        handles.append(_tap_module(unet, name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            unet(latents, torch.tensor(timestep), context.expand(latents.shape[0], -1, -1))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
