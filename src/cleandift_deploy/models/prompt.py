@@ -6,6 +6,7 @@ one, so the text encoder never runs in production.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,27 +17,38 @@ from .configs import get_arch
 PROMPT_LENGTH = 77
 
 
-@torch.no_grad()
+class PromptEncoder:
+    """The pipeline's CLIP tokenizer and text encoder, loaded once to embed many prompts
+    (training embeds one caption per image)."""
+
+    def __init__(self, root: Path) -> None:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer_dir, encoder_dir = root / "tokenizer", root / "text_encoder"
+        if not tokenizer_dir.is_dir() or not encoder_dir.is_dir():
+            raise CleanDiftError(
+                f"no tokenizer/ and text_encoder/ in {root}: give a pipeline folder, "
+                "or pass the prompt embedding as a tensor"
+            )
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+        self.encoder = CLIPTextModel.from_pretrained(str(encoder_dir), use_safetensors=True).eval()
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        """`[N, 77, D]` last hidden states, one row per prompt."""
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.encoder(ids)[0].float()
+
+
 def encode_prompt(root: Path, prompt: str = "") -> torch.Tensor:
     """`[1, 77, D]` last hidden states of the pipeline's CLIP text encoder for `prompt`."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    tokenizer_dir, encoder_dir = root / "tokenizer", root / "text_encoder"
-    if not tokenizer_dir.is_dir() or not encoder_dir.is_dir():
-        raise CleanDiftError(
-            f"no tokenizer/ and text_encoder/ in {root}: give a pipeline folder, "
-            "or pass the prompt embedding as a tensor"
-        )
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    encoder = CLIPTextModel.from_pretrained(str(encoder_dir), use_safetensors=True).eval()
-    ids = tokenizer(
-        prompt,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return encoder(ids)[0].float()
+    return PromptEncoder(root)([prompt])
 
 
 def random_prompt_embedding(arch: str, seed: int = 0) -> torch.Tensor:

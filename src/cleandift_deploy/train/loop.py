@@ -1,0 +1,254 @@
+"""The training loop: batches, the VAE, the optimiser step, warm-up, checkpoints and resume.
+
+Randomness has two sources, both restored on resume: the image order is a function of
+(seed, sample position), and the VAE sampling, teacher timesteps and noise come from one CPU
+generator whose state is saved. On the CPU, N steps + resume + M steps therefore equals N + M
+steps in one go, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from ..errors import CleanDiftError
+from ..models import TAP_NAMES, validate_taps
+from ..models.loading import LoadedUNet
+from .conditioning import Conditioning
+from .data import ImageFolder, SampleOrder
+from .deployable import StudentFiles, save_student
+from .distill import Distiller
+from .heads import HeadConfig
+from .noising import stratified_timesteps
+from .state import (
+    STATE_NAME,
+    Progress,
+    read_state,
+    restore_model,
+    restore_optimizer_and_rng,
+    save_state,
+)
+
+LatentMode = Literal["mean", "sample"]
+RESUME_MUST_MATCH = ("arch", "taps", "teacher_sha256", "head", "seed", "timesteps_per_image")
+"""Settings a resumed run must share with the saved one (others, like lr, may change)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that shapes a run (defaults: the CleanDIFT recipe, except the step count)."""
+
+    taps: tuple[str, ...] = TAP_NAMES
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-5
+    warmup: int = 2000
+    bf16: bool = False
+    tf32: bool = False
+    latent: LatentMode = "sample"
+    timesteps_per_image: int = 3
+    seed: int = 0
+    save_every: int = 500
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def check(self) -> None:
+        """One-line errors for values that cannot work."""
+        validate_taps(self.taps)
+        for name in ("steps", "batch_size", "grad_accum", "timesteps_per_image", "save_every"):
+            if getattr(self, name) < 1:
+                raise CleanDiftError(f"{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or self.warmup < 0:
+            raise CleanDiftError("the learning rate must be positive and the warm-up not negative")
+
+
+@dataclass
+class TrainInputs:
+    """The models and data a run needs besides its settings."""
+
+    teacher: LoadedUNet
+    vae: AutoencoderKL
+    conditioning: Conditioning
+    scheduler: DDPMScheduler
+    data: ImageFolder
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    step: int
+    state: Path
+    student: StudentFiles
+    history: torch.Tensor
+    taps: tuple[str, ...]
+
+
+def learning_rate(step: int, base: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps from base/warmup to base, then constant."""
+    return base if warmup == 0 else base * min(1.0, (step + 1) / warmup)
+
+
+@torch.no_grad()
+def encode_latents(
+    vae: AutoencoderKL, images: torch.Tensor, mode: LatentMode, generator: torch.Generator
+) -> torch.Tensor:
+    """Scaled VAE latents of images in [-1, 1]: the posterior mean or a sample of it."""
+    posterior = vae.encode(images).latent_dist
+    latents = posterior.mode() if mode == "mean" else posterior.sample(generator)
+    shift = vae.config.get("shift_factor") or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class Trainer:
+    """One distillation run writing into `out`; `run()` trains up to `settings.steps`."""
+
+    def __init__(
+        self,
+        inputs: TrainInputs,
+        settings: TrainSettings,
+        out: Path,
+        *,
+        device: str = "cpu",
+        resume: bool = False,
+    ) -> None:
+        settings.check()
+        self.inputs, self.settings, self.out = inputs, settings, out
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.order = SampleOrder(len(inputs.data), settings.seed)
+        self.distiller = Distiller(
+            inputs.teacher.unet,
+            settings.taps,
+            inputs.scheduler,
+            settings.head,
+            torch.Generator().manual_seed(settings.seed),
+        )
+        self.progress = Progress()
+        saved = self._read_resume() if resume else None
+        if saved is not None:
+            restore_model(self.distiller, saved)
+            self.progress = saved.progress
+        self.distiller.to(self.device).train()
+        self.inputs.vae.to(self.device)
+        self.optimizer = torch.optim.Adam(self.distiller.trainable_parameters(), lr=settings.lr)
+        if saved is not None:
+            restore_optimizer_and_rng(self.optimizer, self.generator, saved)
+
+    @property
+    def state_path(self) -> Path:
+        """The resumable state file of this run."""
+        return self.out / STATE_NAME
+
+    def settings_record(self) -> dict[str, Any]:
+        """The settings stored with the state, checked again on resume."""
+        return {
+            **dataclasses.asdict(self.settings),
+            "taps": list(self.distiller.taps),
+            "arch": self.inputs.teacher.arch,
+            "teacher_sha256": self.inputs.teacher.checkpoint_sha256,
+        }
+
+    def _read_resume(self) -> Any:
+        saved = read_state(self.state_path)
+        stored, current = saved.settings, self.settings_record()
+        for key in RESUME_MUST_MATCH:
+            if stored.get(key) != current[key]:
+                raise CleanDiftError(
+                    f"cannot resume: {key} was {stored.get(key)!r}, now {current[key]!r}; "
+                    "use the saved run's settings or a new --out"
+                )
+        return saved
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.settings.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = self.order.indices(self.progress.cursor, self.settings.batch_size)
+        self.progress.cursor += len(indices)
+        data = self.inputs.data
+        images = torch.stack([data.load(i) for i in indices]).to(self.device)
+        context = self.inputs.conditioning([data.caption(i) for i in indices])
+        return images, context.to(self.device)
+
+    def _micro_step(self) -> dict[str, torch.Tensor]:
+        images, context = self._batch()
+        latents = encode_latents(self.inputs.vae, images, self.settings.latent, self.generator)
+        timesteps = stratified_timesteps(
+            latents.shape[0], self.settings.timesteps_per_image, self.generator
+        )
+        noise = torch.randn((timesteps.numel(), *latents.shape[1:]), generator=self.generator).to(
+            self.device
+        )
+        with self._autocast():
+            losses = self.distiller.losses(latents, context, timesteps, noise)
+        (sum(losses.values()) / self.settings.grad_accum).backward()  # type: ignore[union-attr]
+        return {tap: loss.detach() for tap, loss in losses.items()}
+
+    def step(self) -> dict[str, float]:
+        """One optimiser step (over `grad_accum` micro-batches); the mean loss per tap."""
+        lr = learning_rate(self.progress.step, self.settings.lr, self.settings.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        totals = [self._micro_step() for _ in range(self.settings.grad_accum)]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        means = {
+            tap: float(sum(t[tap] for t in totals)) / len(totals) for tap in self.distiller.taps
+        }
+        row = torch.tensor([list(means.values())], dtype=torch.float32)
+        history = self.progress.history
+        self.progress.history = row if history is None else torch.cat([history, row])
+        self.progress.step += 1
+        return means
+
+    def save(self) -> StudentFiles:
+        """Write the deployable student, then the resumable state (both atomically)."""
+        files = save_student(self.out / "student", self.distiller)
+        save_state(
+            self.state_path,
+            self.distiller,
+            self.optimizer,
+            self.generator,
+            self.progress,
+            self.settings_record(),
+        )
+        return files
+
+    def steps(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """Train until `settings.steps`, saving every `save_every` steps; yields (step, losses)."""
+        while self.progress.step < self.settings.steps:
+            losses = self.step()
+            if self.progress.step % self.settings.save_every == 0:
+                self.save()
+            yield self.progress.step, losses
+
+    def run(self, on_step: StepCallback | None = None) -> TrainResult:
+        """Train to the end, save, and return where everything went."""
+        if self.settings.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        for step, losses in self.steps():
+            if on_step is not None:
+                on_step(step, losses)
+        files = self.save()
+        history = self.progress.history
+        return TrainResult(
+            self.progress.step,
+            self.state_path,
+            files,
+            history if history is not None else torch.empty(0, len(self.distiller.taps)),
+            self.distiller.taps,
+        )
