@@ -40,7 +40,7 @@ class Distiller(nn.Module):
         taps: Sequence[str],
         scheduler: DDPMScheduler,
         head_config: HeadConfig | None = None,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
         timestep_init: float = DEFAULT_TIMESTEP,
     ) -> None:
         super().__init__()
@@ -50,7 +50,7 @@ class Distiller(nn.Module):
         self.timestep = nn.Parameter(torch.tensor(float(timestep_init)))
         specs = tap_specs(teacher_unet.config)
         channels = {tap: specs[tap].channels for tap in self.student.taps}
-        self.heads = ProjectionHeads(channels, head_config, generator)
+        self.heads = ProjectionHeads(channels, head_config, seed)
         self.scheduler = scheduler
 
     def train(self, mode: bool = True) -> Distiller:

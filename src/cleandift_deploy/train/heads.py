@@ -32,10 +32,10 @@ class HeadConfig:
 class TimestepConditioner(nn.Module):
     """`t [N] -> cond [N, width]`: Fourier features, a linear map, then a small mapping network."""
 
-    def __init__(self, config: HeadConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, config: HeadConfig) -> None:
         super().__init__()
         width = config.mapping_width
-        self.fourier = FourierFeatures(width, generator)
+        self.fourier = FourierFeatures(width)
         self.proj = nn.Linear(width, width, bias=False)
         self.in_norm = RMSNorm(width)
         self.blocks = nn.ModuleList(
@@ -72,18 +72,20 @@ class ProjectionHead(nn.Module):
 
 
 class ProjectionHeads(nn.Module):
-    """One head per tap plus the shared timestep conditioner."""
+    """One head per tap plus the shared timestep conditioner, initialised from `seed` alone
+    (not the global random state), so runs with the same seed start identical."""
 
     def __init__(
-        self,
-        channels: Mapping[str, int],
-        config: HeadConfig | None = None,
-        generator: torch.Generator | None = None,
+        self, channels: Mapping[str, int], config: HeadConfig | None = None, seed: int = 0
     ) -> None:
         super().__init__()
         config = config or HeadConfig()
-        self.conditioner = TimestepConditioner(config, generator)
-        self.heads = nn.ModuleDict({tap: ProjectionHead(c, config) for tap, c in channels.items()})
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.conditioner = TimestepConditioner(config)
+            self.heads = nn.ModuleDict(
+                {tap: ProjectionHead(c, config) for tap, c in channels.items()}
+            )
 
     def forward(
         self, features: Mapping[str, torch.Tensor], timesteps: torch.Tensor

@@ -90,9 +90,9 @@ class FourierFeatures(nn.Module):
 
     weight: torch.Tensor
 
-    def __init__(self, out_features: int, generator: torch.Generator | None = None) -> None:
+    def __init__(self, out_features: int) -> None:
         super().__init__()
-        self.register_buffer("weight", torch.randn(out_features // 2, 1, generator=generator))
+        self.register_buffer("weight", torch.randn(out_features // 2, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x [N, 1] -> [N, out_features]`."""

@@ -132,7 +132,7 @@ class Trainer:
             settings.taps,
             inputs.scheduler,
             settings.head,
-            torch.Generator().manual_seed(settings.seed),
+            settings.seed,
         )
         self.progress = Progress()
         saved = self._read_resume() if resume else None
