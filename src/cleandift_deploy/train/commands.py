@@ -13,7 +13,7 @@ from ..models import ARCHS, TAP_NAMES, check_image_size, get_arch, load_vae
 from ..models.loading import LoadedUNet, resolve_source
 from .conditioning import Conditioning
 from .data import RESIZE_MODES, ImageFolder
-from .loop import Trainer, TrainInputs, TrainSettings
+from .loop import Trainer, TrainInputs, TrainResult, TrainSettings
 from .noising import noise_scheduler
 from .plot import plot_losses
 from .progress import format_losses, training_progress
@@ -41,6 +41,20 @@ def _inputs(
         teacher.root, teacher.arch, prompt, use_captions=captions, random_init=random_init
     )
     return TrainInputs(teacher, vae, conditioning, noise_scheduler(teacher.root), data)
+
+
+def _image_size(teacher: LoadedUNet, requested: int | None) -> int:
+    size = requested or (get_arch(teacher.arch).image_size if teacher.arch in ARCHS else 512)
+    check_image_size(size, size)
+    return size
+
+
+def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: Path) -> None:
+    last = dict(zip(result.taps, result.history[-1].tolist(), strict=True))
+    console.print(f"step {result.step}: {format_losses(last)}")
+    console.print(f"learned timestep {float(trainer.distiller.timestep.detach()):.3f}")
+    console.print(f"student: {result.student.unet}, {result.student.full}")
+    console.print(f"state: {result.state}; loss curve: {curve}")
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -102,14 +116,6 @@ def train(
 ) -> None:
     """Distil a CleanDIFT student from a teacher UNet on a folder of images."""
     _check_out(out, resume)
-    teacher = resolve_source(teacher_source, arch=arch, random_init=random_init, seed=seed)
-    size = image_size or (get_arch(teacher.arch).image_size if teacher.arch in ARCHS else 512)
-    check_image_size(size, size)
-    data = ImageFolder(data_dir, size, resize)  # type: ignore[arg-type]
-    console = Console(stderr=True)
-    console.print(
-        f"{len(data)} images from {data_dir} at {size}x{size} ({len(data.skipped)} skipped)"
-    )
     settings = TrainSettings(
         taps=_parse_taps(taps),
         steps=steps,
@@ -123,6 +129,14 @@ def train(
         seed=seed,
         save_every=save_every,
     )
+    settings.check()
+    teacher = resolve_source(teacher_source, arch=arch, random_init=random_init, seed=seed)
+    size = _image_size(teacher, image_size)
+    data = ImageFolder(data_dir, size, resize)  # type: ignore[arg-type]
+    console = Console(stderr=True)
+    console.print(
+        f"{len(data)} images from {data_dir} at {size}x{size} ({len(data.skipped)} skipped)"
+    )
     inputs = _inputs(teacher, data, prompt, not no_captions, random_init)
     if not inputs.conditioning.has_text_encoder and any(r.caption for r in data.records):
         console.print("captions ignored: a random-weight teacher has no text encoder")
@@ -130,11 +144,7 @@ def train(
     with training_progress(trainer.progress.step, steps, console) as on_step:
         result = trainer.run(on_step)
     curve = plot_losses(result.history, result.taps, out / "loss_curve.png")
-    last = dict(zip(result.taps, result.history[-1].tolist(), strict=True))
-    console.print(f"step {result.step}: {format_losses(last)}")
-    console.print(f"learned timestep {float(trainer.distiller.timestep.detach()):.3f}")
-    console.print(f"student: {result.student.unet}, {result.student.full}")
-    console.print(f"state: {result.state}; loss curve: {curve}")
+    _summarise(console, trainer, result, curve)
 
 
 COMMANDS: list[click.Command] = [train]
