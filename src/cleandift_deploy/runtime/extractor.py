@@ -95,7 +95,7 @@ class FeatureExtractor:
         if manifest.kind != kind:
             raise CleanDiftError(
                 f"{sidecar_path(path).name} describes a {manifest.kind} artifact, but {path.name} "
-                f"is {kind}: keep each artifact with its own manifest"
+                f"is an {kind} file: keep each artifact with its own manifest"
             )
         if backend not in BACKENDS:
             raise CleanDiftError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

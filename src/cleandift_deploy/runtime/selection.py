@@ -13,11 +13,12 @@ import torch
 from ..errors import CleanDiftError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "torch-bf16")
-ARTIFACT_KINDS = {".onnx": "onnx", ".plan": "tensorrt", ".engine": "tensorrt"}
+ARTIFACT_KINDS = {".onnx": "onnx", ".plan": "engine", ".engine": "engine"}
+"""File suffix -> the manifest `kind` the exporter and the engine builder write."""
 
 
 def artifact_kind(path: Path) -> str:
-    """ "onnx" or "tensorrt" from the file name; missing files and other suffixes are refused."""
+    """The kind ("onnx" or "engine") a file name says; missing files and other names are refused."""
     if not path.is_file():
         raise CleanDiftError(f"{path} does not exist: export the model first")
     kind = ARTIFACT_KINDS.get(path.suffix)
@@ -40,7 +41,7 @@ def ort_has_cuda() -> bool:
 
 def choose_backend(kind: str, device: str | None) -> str:
     """The backend `auto` means for this artifact kind."""
-    return "tensorrt" if kind == "tensorrt" else "onnxruntime"
+    return "tensorrt" if kind == "engine" else "onnxruntime"
 
 
 def default_device(backend: str) -> str:

@@ -61,7 +61,14 @@ def release(version: str) -> tuple[int, ...]:
 
 
 def check_tensorrt_version(manifest: Manifest, installed: str) -> None:
-    """Engines only load in the TensorRT release that built them: refuse any other."""
+    """Engines only load in the TensorRT release that built them: refuse any other, and refuse
+    TensorRT-RTX engines (the CPU-side compile check), which this backend does not run."""
+    runtime = manifest.target.get("runtime", "tensorrt")
+    if runtime != "tensorrt":
+        raise CleanDiftError(
+            f"the engine was built for {runtime}, not TensorRT: build it on the GPU host with "
+            "--target tensorrt, or run the .onnx artifact"
+        )
     built = manifest.versions.get("tensorrt")
     if built is None:
         raise CleanDiftError(
@@ -75,27 +82,23 @@ def check_tensorrt_version(manifest: Manifest, installed: str) -> None:
 
 
 def target_capabilities(manifest: Manifest) -> list[tuple[int, int]]:
-    """The compute capabilities the engine was built for, from `target["compute_capabilities"]`
-    (a list such as ["8.0", "9.0"]) or `target["compute_capability"]` (one such string)."""
-    raw = manifest.target.get("compute_capabilities", manifest.target.get("compute_capability"))
-    if raw is None:
-        return []
-    values = [raw] if isinstance(raw, str | int | float) else list(raw)
-    capabilities = []
-    for value in values:
-        major, _, minor = str(value).partition(".")
-        capabilities.append((int(major), int(minor or 0)))
-    return capabilities
+    """The compute capabilities named in `target["compute_capabilities"]` ("8.0", "SM90", ...);
+    entries that name no capability (e.g. "portable default") are left out."""
+    found = []
+    for value in manifest.target.get("compute_capabilities", []):
+        dotted = re.fullmatch(r"(\d+)\.(\d+)", str(value).strip())
+        compact = re.fullmatch(r"(?i)sm_?(\d)(\d+)", str(value).strip())
+        match = dotted or compact
+        if match:
+            found.append((int(match.group(1)), int(match.group(2))))
+    return found
 
 
 def check_compute_capability(manifest: Manifest, device: tuple[int, int]) -> None:
-    """Refuse an engine built for other GPUs (an A100 engine on an H100, say)."""
+    """Refuse an engine built for other GPUs (an A100 engine on an H100, say). A manifest that
+    names no capability cannot be checked here; TensorRT itself then refuses a wrong GPU."""
     targets = target_capabilities(manifest)
-    if not targets:
-        raise CleanDiftError(
-            "the engine's manifest does not name its target GPU: rebuild the engine"
-        )
-    if device not in targets:
+    if targets and device not in targets:
         wanted = ", ".join(f"{a}.{b}" for a, b in targets)
         raise CleanDiftError(
             f"the engine was built for compute capability {wanted}, this GPU is "
