@@ -37,7 +37,7 @@ def source_vectors(
 ) -> torch.Tensor:
     """[K, C] unit query vectors: the upsampled source pixel nearest to each point, or its cell."""
     c, h, w = src.shape
-    rows = src.reshape(c, h * w).T
+    rows = src.reshape(c, h * w).T.contiguous()
     if upsample == "none":
         cy = pixel_to_cell(points[:, 1], size[0], h).to(src.device)
         cx = pixel_to_cell(points[:, 0], size[1], w).to(src.device)

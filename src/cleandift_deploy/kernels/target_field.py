@@ -108,12 +108,19 @@ def quadratic_form(g: torch.Tensor, v: list[torch.Tensor]) -> torch.Tensor:
 
 
 def neighbour_grams(t: torch.Tensor) -> torch.Tensor:
-    """[h, w, 4, 4] Gram matrices of the four corners of each 2x2 neighbourhood of [C, h, w]."""
-    c = corners(t)
-    gram = t.new_empty(*t.shape[1:], 4, 4)
-    for i, j in PAIRS:
-        gram[..., i, j] = gram[..., j, i] = (c[i] * c[j]).sum(0)
-    return gram
+    """[h, w, 4, 4] Gram matrices of the four corners of each 2x2 neighbourhood of [C, h, w].
+
+    One small GEMM per pair of consecutive rows (all dot products between the cells of rows y
+    and y+1) holds every entry needed; they are then picked out per neighbourhood.
+    """
+    _, h, w = t.shape
+    rows = t.permute(1, 2, 0)
+    iy = (torch.arange(h, device=t.device) + 1).clamp_max(h - 1)
+    pair = torch.cat([rows, rows[iy]], dim=1)
+    full = pair @ pair.transpose(1, 2)
+    x = torch.arange(w, device=t.device)
+    pos = torch.stack([x, (x + 1).clamp_max(w - 1), w + x, w + (x + 1).clamp_max(w - 1)], dim=1)
+    return full[:, pos[:, :, None], pos[:, None, :]]
 
 
 def upsampled_inverse_norms(gram: torch.Tensor, ay: Axis, ax: Axis) -> torch.Tensor:
