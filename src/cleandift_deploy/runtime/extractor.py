@@ -99,7 +99,7 @@ class FeatureExtractor:
             )
         if backend not in BACKENDS:
             raise CleanDiftError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        name = choose_backend(kind, device) if backend == "auto" else backend
+        name = choose_backend(kind, device, manifest) if backend == "auto" else backend
         device = device or default_device(name)
         runner = _open_backend(name, path, manifest, device, threads, source)
         return cls(
