@@ -138,18 +138,23 @@ def _window_softargmax(
     radius: tuple[int, int],
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expected (y, x) grid position under softmax(score / beta) in a window around the argmax."""
-    gh, gw = field.shape
-    ry, rx = radius
-    q = torch.arange(dots.shape[0], device=dots.device)[:, None, None]
-    ys = (idx // gw)[:, None, None] + torch.arange(-ry, ry + 1, device=dots.device)[:, None]
-    xs = (idx % gw)[:, None, None] + torch.arange(-rx, rx + 1, device=dots.device)[None, :]
-    inside = (ys >= 0) & (ys < gh) & (xs >= 0) & (xs < gw)
+    """Expected (y, x) grid position under softmax(score / beta) in a window around the argmax.
+
+    The window's numerators are one batched product: rows of the interpolation matrices
+    (identity on the coarse grid) around the argmax, times the coarse dot-product map.
+    """
+    (h, w), (gh, gw) = field.cells, field.shape
+    dev = dots.device
+    ys = (idx // gw)[:, None] + torch.arange(-radius[0], radius[0] + 1, device=dev)
+    xs = (idx % gw)[:, None] + torch.arange(-radius[1], radius[1] + 1, device=dev)
+    inside = ((ys >= 0) & (ys < gh))[:, :, None] & ((xs >= 0) & (xs < gw))[:, None, :]
     ys, xs = ys.clamp(0, gh - 1), xs.clamp(0, gw - 1)
-    s = scores_at(field, dots, q, ys, xs)
+    wy, wx = field.ay.matrix(h)[ys], field.ax.matrix(w)[xs]
+    s = wy @ dots.view(-1, h, w) @ wx.transpose(1, 2)
+    s = s * field.inv_norm[ys[:, :, None], xs[:, None, :]]
     logits = torch.where(inside, (s - best[:, None, None]).double() / beta, -torch.inf)
     p = logits.flatten(1).softmax(dim=1).view_as(logits)
-    return (p * ys).sum(dim=(1, 2)), (p * xs).sum(dim=(1, 2))
+    return (p.sum(2) * ys).sum(1), (p.sum(1) * xs).sum(1)
 
 
 def _window_radius(field: TargetField, radius: int) -> tuple[int, int]:
