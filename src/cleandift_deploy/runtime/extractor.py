@@ -87,7 +87,8 @@ class FeatureExtractor:
 
         `backend`: "auto" (the fastest that can run here), "onnxruntime", "tensorrt", or "torch" /
         "torch-bf16" for the PyTorch reference of the artifact, rebuilt from `source` (default:
-        the checkpoint named in the manifest, which must be the same one).
+        the checkpoint named in the manifest, which must be the same one). The request is checked
+        against the manifest before the (possibly slow) backend is opened.
         """
         path = Path(path)
         kind = artifact_kind(path)
@@ -99,6 +100,8 @@ class FeatureExtractor:
             )
         if backend not in BACKENDS:
             raise CleanDiftError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        select_taps(manifest, taps)
+        resolve_image_size(manifest, image_size)
         name = choose_backend(kind, device, manifest) if backend == "auto" else backend
         device = device or default_device(name)
         runner = _open_backend(name, path, manifest, device, threads, source)
