@@ -7,8 +7,9 @@ Each case runs in a fresh subprocess (so `ru_maxrss` is that case's own peak):
   median of the timed repeats after one warm-up step (which also allocates Adam's state);
 - `act-*`: forward + backward only (no optimiser) for all 11 taps (the recipe) at batch 1 and 2;
   the peak difference between the two is the activation memory one more image costs.
-fp32 and bf16 autocast are both measured. The plan scales the per-image figure by the token
-count (96x96 / latent^2) and adds weights, gradients and Adam state from the parameter counts.
+fp32, bf16 autocast, and bf16 with gradient checkpointing (`bf16ckpt`) are measured. The plan
+scales the per-image figure by the token count (96x96 / latent^2) and adds weights, gradients and
+Adam state from the parameter counts.
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_train_step.py
 """
@@ -37,6 +38,8 @@ CASES: dict[str, dict[str, Any]] = {
     "act-fp32-all-b2": {"mode": "act", "bf16": False, "taps": list(ALL_TAPS), "batch": 2},
     "act-bf16-all-b1": {"mode": "act", "bf16": True, "taps": list(ALL_TAPS), "batch": 1},
     "act-bf16-all-b2": {"mode": "act", "bf16": True, "taps": list(ALL_TAPS), "batch": 2},
+    "act-bf16ckpt-all-b1": {"mode": "act", "bf16": True, "taps": list(ALL_TAPS), "batch": 1},
+    "act-bf16ckpt-all-b2": {"mode": "act", "bf16": True, "taps": list(ALL_TAPS), "batch": 2},
 }
 GIB = 1024**3
 A100_BYTES = 80e9
@@ -53,8 +56,9 @@ def _rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def probe(case: dict[str, Any], arch: str, latent: int, repeats: int) -> dict[str, Any]:
+def probe(name: str, arch: str, latent: int, repeats: int) -> dict[str, Any]:
     """Build the models, run the case, return times, memory and parameter counts."""
+    case = CASES[name]
     import torch
 
     from cleandift_deploy.models import load_vae, random_prompt_embedding, random_unet
@@ -64,7 +68,10 @@ def probe(case: dict[str, Any], arch: str, latent: int, repeats: int) -> dict[st
 
     teacher = random_unet(arch, seed=0).unet
     vae = load_vae(None, arch, random_init=True)
-    distiller = Distiller(teacher, case["taps"], noise_scheduler(None), seed=0).train()
+    checkpointing = "ckpt" in name
+    distiller = Distiller(
+        teacher, case["taps"], noise_scheduler(None), seed=0, gradient_checkpointing=checkpointing
+    ).train()
     trainable = distiller.trainable_parameters()
     optimizer = torch.optim.Adam(trainable, lr=1e-5)
     context = random_prompt_embedding(arch)
@@ -125,7 +132,7 @@ def memory_plan(results: dict[str, dict[str, Any]], latent: int) -> dict[str, An
         "Adam moments (fp32)": 8 * trainable,
     }
     plan: dict[str, Any] = {"fixed_bytes": fixed, "scale_tokens": scale}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "bf16ckpt"):
         one = results[f"act-{precision}-all-b1"]["peak_bytes"]
         two = results[f"act-{precision}-all-b2"]["peak_bytes"]
         per_image = two - one
@@ -169,7 +176,7 @@ def markdown(
     lines += ["", "## Memory plan: A100-80GB, batch 8 at 768 px (latent 96x96), all 11 taps", ""]
     lines += [f"- {k}: {_gib(v)} GiB" for k, v in fixed.items()]
     lines.append(f"- fixed total: {_gib(sum(fixed.values()))} GiB")
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "bf16ckpt"):
         p = plan[precision]
         lines.append(
             f"- activations, {precision}: {_gib(p['per_image_bytes_at_latent'])} GiB per image at "
@@ -190,7 +197,7 @@ def main() -> None:
     parser.add_argument("--probe", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        print(json.dumps(probe(CASES[args.probe], args.arch, args.latent, args.repeats)))
+        print(json.dumps(probe(args.probe, args.arch, args.latent, args.repeats)))
         return
     results = {}
     for name in track(list(CASES), description="cases"):

@@ -12,10 +12,12 @@ from safetensors import safe_open
 from train_helpers import TEST_TAPS, make_image_folder, one_thread, tiny_trainer
 
 from cleandift_deploy.models import FeatureUNet, load_unet
+from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.train.data import ImageFolder
+from cleandift_deploy.train.distill import Distiller
 from cleandift_deploy.train.heads import ProjectionHeads
 from cleandift_deploy.train.loop import Trainer, encode_latents, learning_rate
-from cleandift_deploy.train.noising import stratified_timesteps
+from cleandift_deploy.train.noising import noise_scheduler, stratified_timesteps
 
 
 @pytest.fixture(autouse=True)
@@ -141,3 +143,24 @@ def test_saved_student_loads_and_matches_the_trained_one(
         assert float((loaded[tap] - expected[tap]).abs().max()) < 1e-5
         assert torch.equal(loaded[tap], from_plain[tap])
         assert float((untrained[tap] - expected[tap]).abs().max()) > 1e-3
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny: LoadedUNet) -> None:
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(1, 77, 32)
+    timesteps = stratified_timesteps(2, 3, torch.Generator().manual_seed(1))
+    noise = torch.randn(6, 4, 8, 8)
+    grads = []
+    for checkpointing in (False, True):
+        distiller = Distiller(
+            tiny.unet, TEST_TAPS, noise_scheduler(None), gradient_checkpointing=checkpointing
+        )
+        flags = [getattr(m, "gradient_checkpointing", False) for m in distiller.student.modules()]
+        assert any(flags) == checkpointing
+        sum(distiller.losses(latents, context, timesteps, noise).values()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in distiller.trainable_parameters()]))
+    plain, recomputed = grads
+    assert float(plain.abs().max()) > 0
+    relative = float((plain - recomputed).abs().max() / plain.abs().max())
+    assert relative < 1e-5
+    cosine = F.cosine_similarity(plain, recomputed, dim=0)
+    assert float(cosine) > 1 - 1e-7

@@ -105,6 +105,7 @@ def train(
     warmup: int,
     bf16: bool,
     tf32: bool,
+    gradient_checkpointing: bool,
     latent: str,
     resize: str,
     image_size: int | None,
@@ -125,6 +126,7 @@ def train(
         warmup=warmup,
         bf16=bf16,
         tf32=tf32,
+        gradient_checkpointing=gradient_checkpointing,
         latent=latent,  # type: ignore[arg-type]
         seed=seed,
         save_every=save_every,

@@ -32,6 +32,8 @@ class Distiller(nn.Module):
 
     `student_unet` is the complete student (layers past the deepest tap included, unchanged) so
     it can be saved as a full diffusers UNet; `student` is its tap-truncated view that trains.
+    `gradient_checkpointing` recomputes the student's down/mid resnets and all its transformer
+    blocks in the backward pass instead of storing their activations (diffusers' mechanism).
     """
 
     def __init__(
@@ -42,9 +44,12 @@ class Distiller(nn.Module):
         head_config: HeadConfig | None = None,
         seed: int = 0,
         timestep_init: float = DEFAULT_TIMESTEP,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.student_unet = copy.deepcopy(teacher_unet).requires_grad_(True).train()
+        if gradient_checkpointing:
+            self.student_unet.enable_gradient_checkpointing()
         self.teacher = FeatureUNet(teacher_unet, taps, timestep=None).requires_grad_(False).eval()
         self.student = FeatureUNet(self.student_unet, taps, timestep=None)
         self.timestep = nn.Parameter(torch.tensor(float(timestep_init)))

@@ -53,6 +53,7 @@ class TrainSettings:
     warmup: int = 2000
     bf16: bool = False
     tf32: bool = False
+    gradient_checkpointing: bool = False
     latent: LatentMode = "sample"
     timesteps_per_image: int = 3
     seed: int = 0
@@ -133,6 +134,7 @@ class Trainer:
             inputs.scheduler,
             settings.head,
             settings.seed,
+            gradient_checkpointing=settings.gradient_checkpointing,
         )
         self.progress = Progress()
         saved = self._read_resume() if resume else None
