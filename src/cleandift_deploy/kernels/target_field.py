@@ -87,18 +87,6 @@ def _tiles(axis: Axis) -> Tiles:
 PAIRS = ((0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3))
 
 
-def corners(m: torch.Tensor) -> list[torch.Tensor]:
-    """Values at corners (00, 01, 10, 11) of each 2x2 neighbourhood of a [..., h, w] map.
-
-    Corners past the last row/column are clamped, as in torch's bilinear kernel.
-    """
-    h, w = m.shape[-2:]
-    iy = (torch.arange(h, device=m.device) + 1).clamp_max(h - 1)
-    ix = (torch.arange(w, device=m.device) + 1).clamp_max(w - 1)
-    down = m[..., iy, :]
-    return [m, m[..., ix], down, down[..., ix]]
-
-
 def quadratic_form(g: torch.Tensor, v: list[torch.Tensor]) -> torch.Tensor:
     """sum_ij v_i g_ij v_j for symmetric [..., 4, 4] g and four broadcastable vectors v_i."""
     out = torch.zeros((), dtype=g.dtype, device=g.device)
