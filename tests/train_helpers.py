@@ -86,3 +86,40 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _byte_vocab() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({f"{c}</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return vocab
+
+
+def make_tiny_pipeline(root: Path) -> Path:
+    """A diffusers-style pipeline folder with random tiny weights: unet/, vae/, and a CLIP
+    text_encoder/ + tokenizer/ (byte-level vocabulary, no merges), all safetensors."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from cleandift_deploy.models import get_arch
+
+    random_unet("tiny", seed=1).unet.save_pretrained(root / "unet")
+    load_vae(None, "tiny", random_init=True).save_pretrained(root / "vae")
+    vocab = _byte_vocab()
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(
+        str(root / "tokenizer")
+    )
+    end = vocab["<|endoftext|>"]
+    config = CLIPTextConfig(
+        **{**get_arch("tiny").text_encoder, "vocab_size": len(vocab)},
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=end,
+        pad_token_id=end,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        CLIPTextModel(config).save_pretrained(str(root / "text_encoder"))
+    return root

@@ -80,6 +80,7 @@ def _check_out(out: Path, resume: bool) -> None:
 @click.option("--warmup", type=int, default=2000, show_default=True, help="Linear warm-up steps.")
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the UNets and heads.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 matmuls and convolutions (CUDA).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations: less memory.")
 @click.option(
     "--latent", type=click.Choice(["sample", "mean"]), default="sample", show_default=True
 )
