@@ -30,6 +30,7 @@ from .noising import stratified_timesteps
 from .state import (
     STATE_NAME,
     Progress,
+    SavedState,
     read_state,
     restore_model,
     restore_optimizer_and_rng,
@@ -161,7 +162,7 @@ class Trainer:
             "teacher_sha256": self.inputs.teacher.checkpoint_sha256,
         }
 
-    def _read_resume(self) -> Any:
+    def _read_resume(self) -> SavedState:
         saved = read_state(self.state_path)
         stored, current = saved.settings, self.settings_record()
         for key in RESUME_MUST_MATCH:
