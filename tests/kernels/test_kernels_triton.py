@@ -43,7 +43,7 @@ def test_triton_mutual_matches_reference(n: int, m: int, c: int) -> None:
 
 def test_triton_ties_and_zero_rows_across_programs_and_tiles() -> None:
     b = torch.randn(100, 8)
-    b[70] = b[5] * 4.0  # exact same cosine, in a later column tile
+    b[70] = b[5] * 4.0  # exact same cosine, in a later column tile and slice
     b[90] = 0
     a = torch.cat([b[5:6], torch.randn(40, 8), b[5:6] * 2.0, torch.zeros(1, 8)])
     got = match_dense(a.to(DEVICE), b.to(DEVICE), impl="triton")
@@ -54,9 +54,11 @@ def test_triton_ties_and_zero_rows_across_programs_and_tiles() -> None:
     assert [0, 5] in mutual and [41, 5] not in mutual  # row 41 ties row 0 in another program
 
 
-def test_column_partials_reduce_to_highest_then_first_row() -> None:
-    from cleandift_deploy.kernels.triton_dense import _reduce_columns
+def test_partials_reduce_to_highest_then_first_index() -> None:
+    from cleandift_deploy.kernels.triton_dense import _reduce_partials
 
     val = torch.tensor([[0.5, 0.9, 0.1], [0.7, 0.9, 0.1], [0.7, 0.2, 0.3]])
     idx = torch.tensor([[3, 1, 0], [40, 35, 33], [70, 64, 65]], dtype=torch.int32)
-    assert _reduce_columns(val, idx, 96).tolist() == [40, 1, 65]
+    best, first = _reduce_partials(val, idx)
+    assert first.tolist() == [40, 1, 65]
+    assert torch.equal(best, torch.tensor([0.7, 0.9, 0.3]))
