@@ -57,7 +57,7 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_threshold: int) -> bo
             save_as_external_data=True,
             all_tensors_to_one_file=True,
             location=data_path(path).name,
-            size_threshold=0,
+            size_threshold=1024,
         )
     else:
         onnx.save_model(model, str(path))

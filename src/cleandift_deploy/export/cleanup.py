@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 PROTOBUF_LIMIT = 2_000_000_000
 log = logging.getLogger(__name__)
@@ -34,17 +35,26 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(str(target))
 
 
-def fold_and_clean(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, int]:
-    """Fold constants, drop dead nodes, sort, infer shapes; return it with node counts before
-    and after."""
-    before = len(model.graph.node)
-    graph = gs.import_onnx(model)
+def _fold_once(model: onnx.ModelProto) -> onnx.ModelProto:
+    ort.set_default_logger_severity(3)  # folding runs ORT; its per-node warnings are noise here
+    graph = gs.import_onnx(infer_shapes(model))
     graph.fold_constants(error_ok=True).cleanup().toposort()
-    cleaned = gs.export_onnx(graph, do_type_check=False)
-    cleaned.producer_name = model.producer_name
-    cleaned.producer_version = model.producer_version
-    del cleaned.graph.value_info[:]
-    cleaned = infer_shapes(cleaned)
-    after = len(cleaned.graph.node)
+    folded = gs.export_onnx(graph, do_type_check=False)
+    folded.producer_name, folded.producer_version = model.producer_name, model.producer_version
+    del folded.graph.value_info[:]
+    return folded
+
+
+def fold_and_clean(model: onnx.ModelProto, max_passes: int = 3) -> tuple[onnx.ModelProto, int, int]:
+    """Fold constants (shapes included, once known) and drop dead nodes until nothing changes;
+    return the shape-inferred graph with node counts before and after."""
+    before = count = len(model.graph.node)
+    for _ in range(max_passes):
+        model = _fold_once(model)
+        if len(model.graph.node) == count:
+            break
+        count = len(model.graph.node)
+    model = infer_shapes(model)
+    after = len(model.graph.node)
     log.info("graph clean-up: %d nodes -> %d nodes", before, after)
-    return cleaned, before, after
+    return model, before, after

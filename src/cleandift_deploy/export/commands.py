@@ -1,7 +1,197 @@
-"""CLI verbs of this subpackage, registered by `cleandift_deploy.cli`."""
+"""CLI verbs of this subpackage, registered by `cleandift_deploy.cli`: export, build, compare."""
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import CleanDiftError
+from ..models.commands import model_source_options
+from ..models.loading import resolve_source
+from .agreement import TapAgreement
+from .compare import compare_artifact
+from .exporter import export_onnx
+from .options import PRECISIONS, ExportOptions
+from .tensorrt_build import TARGETS, BuildOptions, build_engine
+
+console = Console(stderr=True)
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """`MIN:OPT:MAX` (or one number for a static batch) as three ints."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise CleanDiftError(f"--batch {text!r} is not MIN:OPT:MAX (e.g. 1:2:4) or one number")
+    return parts[0], parts[1], parts[2]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`HxW` (or one number for a square) as two ints."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise CleanDiftError(f"size {text!r} is not HxW (e.g. 512x768) or one number")
+    return parts[0], parts[1]
+
+
+def agreement_table(title: str, agreement: dict[str, TapAgreement]) -> Table:
+    """Per-output agreement as a rich table."""
+    table = Table(title=title)
+    columns = ("output", "cos mean", "cos min", "rel L2", "max abs", "NaN/Inf", "NN match")
+    for column in columns:
+        table.add_column(column)
+    for tap, a in agreement.items():
+        table.add_row(
+            tap,
+            f"{a.cosine_mean:.7f}",
+            f"{a.cosine_min:.7f}",
+            f"{a.relative_l2:.2e}",
+            f"{a.max_abs:.2e}",
+            str(a.nonfinite),
+            f"{a.match_agreement:.1%}",
+        )
+    return table
+
+
+@click.command()
+@model_source_options
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--taps", multiple=True, default=("us6",), show_default=True, help="Repeatable.")
+@click.option("--timestep", type=float, help="Default: learned (*_full checkpoint), else 261.")
+@click.option("--prompt", default="", help="Prompt whose embedding is baked in (default: empty).")
+@click.option("--prompt-input", is_flag=True, help="Take encoder_hidden_states as an input.")
+@click.option("--no-vae", is_flag=True, help="Take latents [B,4,h,w] instead of images.")
+@click.option("--image-size", nargs=2, type=int, metavar="H W", help="Optimisation size (px).")
+@click.option("--batch", default="1", show_default=True, help="MIN:OPT:MAX batch range.")
+@click.option("--size-range", nargs=2, metavar="HMINxWMIN HMAXxWMAX", help="Dynamic size range.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option(
+    "--calibration-images",
+    type=click.Path(path_type=Path),
+    help="Real images: nodes whose fp32 activations pass 512 stay fp32 in an fp16 graph.",
+)
+@click.option("--no-agreement", is_flag=True, help="Skip the ONNX Runtime agreement check.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def export(
+    source: str | None,
+    arch: str | None,
+    random_init: bool,
+    seed: int,
+    out: Path,
+    taps: tuple[str, ...],
+    timestep: float | None,
+    prompt: str,
+    prompt_input: bool,
+    no_vae: bool,
+    image_size: tuple[int, int] | None,
+    batch: str,
+    size_range: tuple[str, str] | None,
+    opset: int,
+    precision: str,
+    calibration_images: Path | None,
+    no_agreement: bool,
+    force: bool,
+) -> None:
+    """Export a UNet (+ VAE encoder) to ONNX: images in, one output per tap."""
+    options = ExportOptions(
+        taps=taps,
+        timestep=timestep,
+        prompt=prompt,
+        prompt_input=prompt_input,
+        vae=not no_vae,
+        image_size=image_size or (None, None),
+        batch=parse_batch(batch),
+        size_range=None
+        if size_range is None
+        else (parse_size(size_range[0]), parse_size(size_range[1])),
+        opset=opset,
+        precision=precision,
+        force=force,
+        calibration_images=calibration_images,
+        random_init=random_init,
+        check_agreement=not no_agreement,
+    )
+    loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
+    with console.status(f"exporting {loaded.arch} ({precision}) to {out}"):
+        manifest = export_onnx(loaded, out, options)
+    build = manifest.build
+    console.print(
+        f"wrote {out}: nodes {build['nodes_traced']} traced -> {build['nodes_cleaned']} after "
+        f"folding, {len(build['fp32_keep_list'])} calibrated fp32 nodes, "
+        f"external data: {build['external_data']}, {build['export_seconds']} s"
+    )
+    if manifest.agreement:
+        taps_record = {t: TapAgreement(**v) for t, v in manifest.agreement["taps"].items()}
+        console.print(agreement_table("ONNX Runtime vs PyTorch fp32", taps_record))
+        for line in manifest.agreement["failures"]:
+            console.print(f"[red]below threshold[/red] {line}")
+
+
+@click.command()
+@click.argument("onnx_path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--target", type=click.Choice(list(TARGETS)), default="tensorrt-rtx", show_default=True
+)
+@click.option(
+    "--compute-capability", multiple=True, help="RTX target GPUs, e.g. 8.0 8.6 (repeatable)."
+)
+@click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimisation level.")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="GB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing engine.")
+def build(
+    onnx_path: Path,
+    out: Path,
+    target: str,
+    compute_capability: tuple[str, ...],
+    opt_level: int | None,
+    workspace: float,
+    timing_cache: Path | None,
+    force: bool,
+) -> None:
+    """Build a TensorRT (or TensorRT-RTX) engine from an exported ONNX graph."""
+    if not onnx_path.is_file():
+        raise CleanDiftError(f"{onnx_path} does not exist: export a model first")
+    options = BuildOptions(target, compute_capability, opt_level, workspace, timing_cache, force)
+    with console.status(f"building {out} with {target}"):
+        manifest = build_engine(onnx_path, out, options)
+    size = out.stat().st_size / 1e6
+    console.print(f"wrote {out} ({size:.1f} MB) in {manifest.build['build_seconds']} s")
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reference", help="Reference checkpoint (default: the manifest's source).")
+@click.option("--save-golden", type=click.Path(path_type=Path), help="Save inputs and outputs.")
+@click.option("--golden", type=click.Path(path_type=Path), help="Compare with saved outputs.")
+def compare(
+    artifact: Path, reference: str | None, save_golden: Path | None, golden: Path | None
+) -> None:
+    """Compare an artifact with the fp32 PyTorch reference; exit 1 below the thresholds."""
+    with console.status(f"comparing {artifact}"):
+        result = compare_artifact(artifact, reference, save_golden, golden)
+    Console().print(
+        agreement_table(f"{artifact} ({result.precision}) vs reference", result.agreement)
+    )
+    if result.failures:
+        for line in result.failures:
+            console.print(f"[red]below threshold[/red] {line}")
+        raise click.exceptions.Exit(1)
+    console.print("[green]all outputs within the thresholds[/green]")
+
+
+COMMANDS: list[click.Command] = [export, build, compare]

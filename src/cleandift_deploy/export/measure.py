@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from .agreement import TapAgreement, compare_outputs
+from .artifact_runners import Batches, run_onnx
 from .graph_module import ExportGraph
 from .shapes import ShapePlan, sample_inputs
-
-Batches = list[dict[str, np.ndarray]]
 
 
 def agreement_batches(
@@ -31,7 +30,8 @@ def agreement_batches(
     return batches
 
 
-def _concat(runs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat_runs(runs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Outputs of several batches joined along the batch axis."""
     return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
 
 
@@ -42,24 +42,9 @@ def reference_outputs(module: ExportGraph, batches: Batches) -> dict[str, np.nda
     for feeds in batches:
         outputs = module(*(torch.from_numpy(feeds[n]) for n in module.input_names))
         runs.append({t: o.float().numpy() for t, o in zip(module.taps, outputs, strict=True)})
-    return _concat(runs)
-
-
-def onnx_outputs(path: Path, batches: Batches) -> dict[str, np.ndarray]:
-    """The ONNX graph's outputs in ONNX Runtime on the CPU, by name, over all batches."""
-    from ..runtime.ort_session import create_session
-
-    session = create_session(path)
-    names = [o.name for o in session.get_outputs()]
-    runs = []
-    for feeds in batches:
-        values = session.run(names, feeds)
-        runs.append(
-            {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
-        )
-    return _concat(runs)
+    return concat_runs(runs)
 
 
 def measure_agreement(path: Path, module: ExportGraph, batches: Batches) -> dict[str, TapAgreement]:
     """Per-tap agreement of the ONNX graph at `path` with `module` on the same inputs."""
-    return compare_outputs(reference_outputs(module, batches), onnx_outputs(path, batches))
+    return compare_outputs(reference_outputs(module, batches), concat_runs(run_onnx(path, batches)))

@@ -1,0 +1,96 @@
+"""`compare`: an artifact against the fp32 PyTorch reference (or saved golden outputs) on the
+same inputs, with pass/fail thresholds per precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CleanDiftError
+from ..manifest import Manifest, sidecar_path
+from ..models import load_unet, random_unet
+from ..models.loading import LoadedUNet
+from .agreement import TapAgreement, compare_outputs, failures
+from .artifact_files import read_manifest_metadata
+from .artifact_runners import run_artifact
+from .golden import load_golden, save_golden
+from .graph_module import IMAGE_INPUT, ExportGraph, build_export_graph
+from .measure import agreement_batches, concat_runs, reference_outputs
+from .options import ExportOptions
+from .shapes import ShapePlan
+
+RANDOM_SEED_PREFIX = "random-init-seed"
+
+
+@dataclass
+class Comparison:
+    """Per-output agreement and the thresholds missed."""
+
+    agreement: dict[str, TapAgreement]
+    failures: list[str]
+    precision: str
+
+
+def artifact_manifest(path: Path) -> Manifest:
+    """An artifact's manifest: the JSON sidecar, else (ONNX) the one in the file's metadata."""
+    if not path.is_file():
+        raise CleanDiftError(f"{path} does not exist: give an exported .onnx or a built engine")
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        return Manifest.load(sidecar)
+    if path.suffix == ".onnx":
+        return read_manifest_metadata(path)
+    raise CleanDiftError(f"no manifest {sidecar.name} beside {path.name}: rebuild the engine")
+
+
+def reference_unet(manifest: Manifest, source: str | None) -> LoadedUNet:
+    """The checkpoint the artifact came from (or `source`), checked against the manifest's hash."""
+    if source is None and manifest.source.startswith("random-init:"):
+        seed = int(manifest.checkpoint_sha256.removeprefix(RANDOM_SEED_PREFIX))
+        return random_unet(manifest.arch, seed)
+    loaded = load_unet(source or manifest.source, arch=None)
+    if loaded.checkpoint_sha256 != manifest.checkpoint_sha256:
+        raise CleanDiftError(
+            f"the reference {loaded.source} is not the checkpoint the artifact was exported from "
+            f"(sha256 {loaded.checkpoint_sha256[:12]} vs {manifest.checkpoint_sha256[:12]}): "
+            "pass the original with --reference"
+        )
+    return loaded
+
+
+def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
+    """The fp32 PyTorch module that computes what the artifact claims to compute."""
+    loaded = reference_unet(manifest, source)
+    options = ExportOptions(
+        taps=manifest.tap_names,
+        timestep=manifest.timestep,
+        prompt=manifest.prompt or "",
+        prompt_input=manifest.prompt_input,
+        vae=manifest.input.name == IMAGE_INPUT,
+        random_init=manifest.source.startswith("random-init:"),
+    )
+    return build_export_graph(loaded, options).module
+
+
+def compare_artifact(
+    path: Path,
+    reference: str | None = None,
+    save_golden_dir: Path | None = None,
+    golden_dir: Path | None = None,
+) -> Comparison:
+    """Run the artifact and the reference (PyTorch or golden) on the same inputs and compare."""
+    if save_golden_dir is not None and golden_dir is not None:
+        raise CleanDiftError("give --save-golden or --golden, not both")
+    manifest = artifact_manifest(path)
+    if golden_dir is not None:
+        batches, expected = load_golden(golden_dir)
+    else:
+        module = reference_module(manifest, reference)
+        plan = ShapePlan(manifest.batch, manifest.height, manifest.width)
+        batches = agreement_batches(plan, module)
+        expected = [reference_outputs(module, [b]) for b in batches]
+        if save_golden_dir is not None:
+            save_golden(save_golden_dir, batches, expected)
+    actual = run_artifact(path, manifest, batches)
+    agreement = compare_outputs(concat_runs(expected), concat_runs(actual))
+    return Comparison(agreement, failures(agreement, manifest.precision), manifest.precision)
