@@ -190,7 +190,7 @@ def compare(
     if result.failures:
         for line in result.failures:
             console.print(f"[red]below threshold[/red] {line}")
-        raise click.exceptions.Exit(1)
+        raise SystemExit(1)  # click's non-standalone mode would swallow click.exceptions.Exit
     console.print("[green]all outputs within the thresholds[/green]")
 
 
