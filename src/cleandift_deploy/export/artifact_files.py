@@ -59,6 +59,7 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_threshold: int) -> bo
             location=data_path(path).name,
             size_threshold=1024,
         )
+        data_path(path).chmod(path.stat().st_mode & 0o777)  # onnx creates it owner-only
     else:
         onnx.save_model(model, str(path))
     return external
