@@ -112,3 +112,17 @@ def test_caption_files_reach_the_records(tmp_path: Path) -> None:
     (tmp_path / "img000.json").write_text(json.dumps({"caption": "a red blob"}))
     data = ImageFolder(tmp_path, 64)
     assert [data.caption(i) for i in range(2)] == ["a red blob", "a photo number 1"]
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path: Path) -> None:
+    data_dir = make_image_folder(tmp_path / "images", 4, seed=0)
+    trainer = tiny_trainer(data_dir, tmp_path / "run", steps=1)
+    trainer.run()
+    before = [p.detach().clone() for p in trainer.distiller.trainable_parameters()]
+    with torch.no_grad():
+        trainer.distiller.teacher.conv_in.weight.fill_(float("nan"))
+    with pytest.raises(CleanDiftError, match="not finite at step 2"):
+        trainer.step()
+    after = trainer.distiller.trainable_parameters()
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert read_state(trainer.state_path).progress.step == 1

@@ -35,13 +35,17 @@ def _cpu_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Ten
     }
 
 
-def save_student(folder: Path, distiller: Distiller, name: str = "student") -> StudentFiles:
-    """Write `<name>_unet.safetensors`, `<name>_full.safetensors` and `config.json` atomically."""
-    files = StudentFiles(
+def student_files(folder: Path, name: str = "student") -> StudentFiles:
+    """The deployable files' paths inside `folder`."""
+    return StudentFiles(
         folder / f"{name}_unet.safetensors",
         folder / f"{name}_full.safetensors",
         folder / "config.json",
     )
+
+
+def save_student(files: StudentFiles, distiller: Distiller) -> StudentFiles:
+    """Write `*_unet.safetensors`, `*_full.safetensors` and `config.json`, each atomically."""
     write_text_atomic(files.config, distiller.student_unet.to_json_string())
     metadata = {"format": "pt", "learned_timestep": f"{float(distiller.timestep.detach()):.9g}"}
     with atomic_path(files.unet) as temporary:

@@ -23,7 +23,7 @@ from ..models import TAP_NAMES, validate_taps
 from ..models.loading import LoadedUNet
 from .conditioning import Conditioning
 from .data import ImageFolder, SampleOrder
-from .deployable import StudentFiles, save_student
+from .deployable import StudentFiles, save_student, student_files
 from .distill import Distiller
 from .heads import HeadConfig
 from .noising import stratified_timesteps
@@ -138,6 +138,7 @@ class Trainer:
             gradient_checkpointing=settings.gradient_checkpointing,
         )
         self.progress = Progress()
+        self._saved_at = -1
         saved = self._read_resume() if resume else None
         if saved is not None:
             restore_model(self.distiller, saved)
@@ -206,6 +207,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         totals = [self._micro_step() for _ in range(self.settings.grad_accum)]
+        self._check_finite(totals)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         means = {
@@ -217,9 +219,23 @@ class Trainer:
         self.progress.step += 1
         return means
 
+    def _check_finite(self, totals: list[dict[str, torch.Tensor]]) -> None:
+        bad = sorted({tap for t in totals for tap, loss in t.items() if not torch.isfinite(loss)})
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise CleanDiftError(
+                f"the loss of {', '.join(bad)} is not finite at step {self.progress.step + 1}: "
+                "lower --lr or drop --bf16; the last saved state was left untouched"
+            )
+
+    @property
+    def student_files(self) -> StudentFiles:
+        """Where the deployable student is written."""
+        return student_files(self.out / "student")
+
     def save(self) -> StudentFiles:
         """Write the deployable student, then the resumable state (both atomically)."""
-        files = save_student(self.out / "student", self.distiller)
+        files = save_student(self.student_files, self.distiller)
         save_state(
             self.state_path,
             self.distiller,
@@ -228,6 +244,7 @@ class Trainer:
             self.progress,
             self.settings_record(),
         )
+        self._saved_at = self.progress.step
         return files
 
     def steps(self) -> Iterator[tuple[int, dict[str, float]]]:
@@ -246,7 +263,7 @@ class Trainer:
         for step, losses in self.steps():
             if on_step is not None:
                 on_step(step, losses)
-        files = self.save()
+        files = self.save() if self._saved_at != self.progress.step else self.student_files
         history = self.progress.history
         return TrainResult(
             self.progress.step,
