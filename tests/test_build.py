@@ -86,3 +86,27 @@ def test_unknown_target_is_refused() -> None:
 
     with pytest.raises(CleanDiftError, match="unknown target"):
         import_tensorrt("tensorrt-llm")
+
+
+def test_opset23_attention_with_small_heads_builds(tmp_path: Path) -> None:
+    """ONNX Attention (opset 23) in fp32 with head size 4 has no dedicated kernel; it builds
+    once the parser marks it decomposable."""
+    import onnx
+    import tensorrt_rtx as trt
+    from onnx import TensorProto, helper
+
+    from cleandift_deploy.export.tensorrt_build import parse_onnx
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 16, 4]) for n in "qkv"]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("Attention", ["q", "k", "v"], ["y"])], "attention", inputs, [output]
+    )
+    path = tmp_path / "attention.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), str(path))
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network, _parser = parse_onnx(trt, builder, path, logger)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    assert builder.build_serialized_network(network, config) is not None

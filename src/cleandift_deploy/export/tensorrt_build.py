@@ -68,7 +68,10 @@ def profile_shapes(manifest: Manifest, name: str, static: tuple[int, ...]) -> li
     return shapes
 
 
-def _parse(trt_module: Any, builder: trt.Builder, onnx_path: Path, logger: trt.ILogger) -> Any:
+def parse_onnx(
+    trt_module: Any, builder: trt.Builder, onnx_path: Path, logger: trt.ILogger
+) -> tuple[Any, Any]:
+    """A strongly typed network parsed from `onnx_path` (and its parser, which must outlive it)."""
     flag = 1 << int(trt_module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flag)
     parser = trt_module.OnnxParser(network, logger)
@@ -80,15 +83,16 @@ def _parse(trt_module: Any, builder: trt.Builder, onnx_path: Path, logger: trt.I
 
 
 def _make_attention_decomposable(trt_module: Any, network: Any) -> None:
-    """Opset-23 Attention layers without a dedicated kernel build only when decomposable."""
-    attention = getattr(trt_module.LayerType, "ATTENTION", None)
-    if attention is None:
+    """Opset-23 Attention without a dedicated kernel (small heads, fp32) builds only when
+    marked decomposable; TensorRT then runs it as separate matmul and softmax layers."""
+    output_type = getattr(trt_module.LayerType, "ATTENTION_OUTPUT", None)
+    if output_type is None:
         return
     for index in range(network.num_layers):
         layer = network.get_layer(index)
-        if layer.type == attention:
-            layer.__class__ = trt_module.IAttention
-            layer.decomposable = True
+        if layer.type == output_type:
+            layer.__class__ = trt_module.IAttentionOutputLayer
+            layer.attention.decomposable = True
 
 
 def _configure(
@@ -182,7 +186,7 @@ def build_engine(onnx_path: Path, out: Path, options: BuildOptions) -> Manifest:
     trt_module = import_tensorrt(options.target)
     logger = trt_module.Logger(trt_module.Logger.ERROR)
     builder = trt_module.Builder(logger)
-    network, _parser = _parse(trt_module, builder, onnx_path, logger)
+    network, _parser = parse_onnx(trt_module, builder, onnx_path, logger)
     config = _configure(trt_module, builder, network, manifest, options)
     cache = _load_timing_cache(config, options.timing_cache)
     started = time.perf_counter()
