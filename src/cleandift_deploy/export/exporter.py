@@ -69,7 +69,7 @@ def _manifest(
         batch=plan.batch,
         height=plan.height,
         width=plan.width,
-        timestep=float(module.features.baked_timestep or 0.0),
+        timestep=module.features.baked_timestep,
         prompt=None if options.prompt_input else options.prompt,
         prompt_input=options.prompt_input,
         precision=options.precision,
