@@ -5,6 +5,9 @@ Each case runs in a fresh subprocess (so `ru_maxrss` is that case's own peak):
 - `step-*`: a whole optimiser step as `Trainer.step` does it (VAE encode, teacher at 3 stratified
   timesteps, student, heads, loss, backward, Adam) for the `us6` tap at batch 1; time is the
   median of the timed repeats after one warm-up step (which also allocates Adam's state);
+- `pairs-*`: forward + backward of our loss (the student once per image, its features repeated
+  for the image's 3 timesteps) against the recipe written out directly (the student once per
+  (image, t) pair), interleaved in one process on the same inputs: the speed-up of that choice;
 - `act-*`: forward + backward only (no optimiser) for all 11 taps (the recipe) at batch 1 and 2;
   the peak difference between the two is the activation memory one more image costs.
 fp32, bf16 autocast, and bf16 with gradient checkpointing (`bf16ckpt`) are measured. The plan
@@ -32,6 +35,7 @@ RESULTS = Path(__file__).parent / "results"
 NAME = "train_step"
 ALL_TAPS = ("mid", "us1", "us2", "us3", "us4", "us5", "us6", "us7", "us8", "us9", "us10")
 CASES: dict[str, dict[str, Any]] = {
+    "pairs-fp32-us6-b1": {"mode": "pairs", "bf16": False, "taps": ["us6"], "batch": 1},
     "step-fp32-us6-b1": {"mode": "step", "bf16": False, "taps": ["us6"], "batch": 1},
     "step-bf16-us6-b1": {"mode": "step", "bf16": True, "taps": ["us6"], "batch": 1},
     "act-fp32-all-b1": {"mode": "act", "bf16": False, "taps": list(ALL_TAPS), "batch": 1},
@@ -79,24 +83,50 @@ def probe(name: str, arch: str, latent: int, repeats: int) -> dict[str, Any]:
     batch = case["batch"]
     images = torch.rand(batch, 3, latent * 8, latent * 8, generator=generator) * 2 - 1
 
-    def one_step() -> None:
+    def per_pair_losses(latents: Any, timesteps: Any, noise: Any) -> dict[str, Any]:
+        """The reference recipe: the student runs once per (image, t) pair."""
+        flat_t = timesteps.reshape(-1)
+        clean = latents.repeat_interleave(timesteps.shape[1], dim=0)
+        noisy = distiller.scheduler.add_noise(clean, noise, flat_t)
+        with torch.no_grad():
+            targets = distiller.teacher(noisy, context, flat_t.float())
+        projected = distiller.heads(distiller.student(clean, context, distiller.timestep), flat_t)
+        return {
+            t: -torch.cosine_similarity(projected[t], targets[t], dim=1).mean() for t in targets
+        }
+
+    def one_step(reference: bool = False) -> float:
+        started = time.perf_counter()
         latents = encode_latents(vae, images, "sample", generator)
         timesteps = stratified_timesteps(batch, 3, generator)
         noise = torch.randn(timesteps.numel(), *latents.shape[1:], generator=generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case["bf16"]):
-            losses = distiller.losses(latents, context, timesteps, noise)
+            if reference:
+                losses = per_pair_losses(latents, timesteps, noise)
+            else:
+                losses = distiller.losses(latents, context, timesteps, noise)
         sum(losses.values()).backward()  # type: ignore[union-attr]
         if case["mode"] == "step":
             optimizer.step()
         optimizer.zero_grad(set_to_none=case["mode"] == "step")
+        return time.perf_counter() - started
 
     before = _rss_bytes()
-    times = []
+    times, reference_times = [], []
     for _ in range(1 + repeats):
-        started = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - started)
+        times.append(one_step())
+        if case["mode"] == "pairs":
+            reference_times.append(one_step(reference=True))
+    extra = {}
+    if reference_times:
+        reference_median = statistics.median(reference_times[1:])
+        extra = {
+            "reference_seconds": reference_times[1:],
+            "reference_median_s": reference_median,
+            "speedup_vs_per_pair": reference_median / statistics.median(times[1:]),
+        }
     return {
+        **extra,
         "seconds": times[1:],
         "median_s": statistics.median(times[1:]),
         "warmup_s": times[0],
@@ -172,6 +202,13 @@ def markdown(
             f"| {name} | {taps} | {r['batch']} | {r['median_s']:.1f} | {r['warmup_s']:.1f} | "
             f"{_gib(r['peak_bytes'])} | {_gib(r['rss_before_step_bytes'])} |"
         )
+    pairs = results["pairs-fp32-us6-b1"]
+    lines += [
+        "",
+        f"Student once per image vs once per (image, t) (forward + backward, us6, batch 1, "
+        f"interleaved): {pairs['median_s']:.1f} s vs {pairs['reference_median_s']:.1f} s, "
+        f"x{pairs['speedup_vs_per_pair']:.2f}.",
+    ]
     fixed = plan["fixed_bytes"]
     lines += ["", "## Memory plan: A100-80GB, batch 8 at 768 px (latent 96x96), all 11 taps", ""]
     lines += [f"- {k}: {_gib(v)} GiB" for k, v in fixed.items()]
