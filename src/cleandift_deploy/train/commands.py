@@ -70,25 +70,41 @@ def _check_out(out: Path, resume: bool) -> None:
 @click.option("--arch", type=click.Choice(list(ARCHS)), help="Architecture (for --random-init).")
 @click.option("--random-init", is_flag=True, help="Random teacher (and VAE) of --arch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and run.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder of jpg/png/webp images (NAME.json beside one: its caption).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--steps", type=int, default=1000, show_default=True, help="Total optimiser steps.")
 @click.option("--taps", multiple=True, help="Taps to train, e.g. us6 or mid,us3,us6 (all).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per batch.")
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches/step.")
-@click.option("--lr", type=float, default=1e-5, show_default=True)
+@click.option("--lr", type=float, default=1e-5, show_default=True, help="Adam learning rate.")
 @click.option("--warmup", type=int, default=2000, show_default=True, help="Linear warm-up steps.")
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the UNets and heads.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 matmuls and convolutions (CUDA).")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations: less memory.")
 @click.option(
-    "--latent", type=click.Choice(["sample", "mean"]), default="sample", show_default=True
+    "--latent",
+    type=click.Choice(["sample", "mean"]),
+    default="sample",
+    show_default=True,
+    help="VAE posterior sample (the recipe) or mean.",
 )
-@click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True)
+@click.option(
+    "--resize",
+    type=click.Choice(RESIZE_MODES),
+    default="crop",
+    show_default=True,
+    help="Centre-crop to a square, or squash the whole image.",
+)
 @click.option("--image-size", type=int, help="Training size in pixels (the architecture's).")
 @click.option("--prompt", default="", help="Prompt for images without a caption file.")
 @click.option("--no-captions", is_flag=True, help="Ignore caption files; use --prompt for all.")
-@click.option("--save-every", type=int, default=500, show_default=True)
+@click.option("--save-every", type=int, default=500, show_default=True, help="Steps between saves.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 def train(
