@@ -1,0 +1,336 @@
+"""CPU speed and memory of image -> us6: ONNX Runtime (tuned, attention fused) vs PyTorch.
+
+For the full SD2.1 architecture with random weights, batch 1, fp32, at 512 and 768 px:
+- timing: one process holds every case; repeats are interleaved (case A, B, C, A, B, C, ...)
+  on the same input, so a noisy, shared machine slows all cases alike; medians and the ratio to
+  PyTorch eager fp32 are reported, with each case's agreement against PyTorch fp32;
+- memory: each case is built and run once in a fresh subprocess that reports its peak resident
+  memory (`VmHWM`), compared with the size of the graph's weights.
+
+Cases: `torch-fp32` (eager, the reference), `torch-bf16` (eager under bf16 autocast: AMX where the
+CPU has it), `ort-plain` (the standard graph, ONNX Runtime defaults, memory run only: it
+materialises attention), `ort-fast` (`create_session`: attention fused, tuned options).
+
+    flock /tmp/cpu-heavy.lock python benchmarks/bench_runtime_cpu.py --workdir /tmp/ort/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+NAME = "runtime_cpu"
+TIMED_CASES = ("torch-fp32", "torch-bf16", "ort-fast")
+MEMORY_CASES = ("torch-fp32", "torch-bf16", "ort-plain", "ort-fast")
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def reference_module(arch: str) -> object:
+    """`uint8 image [B,3,H,W] -> us6` in PyTorch: random weights, seeded, eval mode."""
+    import torch
+
+    from cleandift_deploy.models import (
+        FeatureUNet,
+        ImageFeatureModel,
+        VAEEncoder,
+        load_vae,
+        random_prompt_embedding,
+        random_unet,
+    )
+
+    class Uint8Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            unet = random_unet(arch, seed=0).unet
+            vae = load_vae(None, arch, random_init=True)
+            features = FeatureUNet(unet, taps=("us6",))
+            prompt = random_prompt_embedding(arch)
+            self.model = ImageFeatureModel(VAEEncoder(vae), features, prompt)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.model(image.to(torch.float32) / 127.5 - 1.0)["us6"]
+
+    return Uint8Features().eval().requires_grad_(False)
+
+
+def export_graph(arch: str, path: Path) -> Path:
+    """Export the reference module once (dynamic batch and size), weights in one external file.
+
+    Everything is written in a staging folder and moved into place weights first, so an existing
+    `path` always has complete weights beside it.
+    """
+    if path.is_file():
+        return path
+    import onnx
+    import torch
+
+    module = reference_module(arch)
+    image = torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8)
+    staging = path.parent / f".staging-{path.stem}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "us6": {0: "batch", 2: "h", 3: "w"}}
+    traced = staging / "traced.onnx"
+    torch.onnx.export(
+        module,
+        (image,),
+        str(traced),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["us6"],
+        dynamic_axes=axes,
+    )
+    data = path.name + ".data"
+    onnx.save(
+        onnx.load(str(traced)),
+        str(staging / path.name),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data,
+    )
+    os.replace(staging / data, path.with_name(data))
+    os.replace(staging / path.name, path)
+    shutil.rmtree(staging)
+    return path
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of the graph's initializers (the weights' size in memory, fp32)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        total += count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    return total
+
+
+def make_runner(case: str, arch: str, graph: Path, module: object | None) -> Runner:
+    """A function image -> us6 for one case."""
+    if case.startswith("ort"):
+        import onnxruntime as ort
+
+        from cleandift_deploy.runtime.ort_session import create_session
+
+        if case == "ort-plain":
+            session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        else:
+            session = create_session(graph)
+        return lambda image: session.run(None, {"image": image})[0]
+    import torch
+
+    model = module if module is not None else reference_module(arch)
+    bf16 = case == "torch-bf16"
+
+    def run(image: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return model(torch.from_numpy(image)).float().numpy()  # type: ignore[operator]
+
+    return run
+
+
+def agreement(out: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Cosine similarity, max abs error and max error relative to the reference's largest value."""
+    a, b = out.astype(np.float64).ravel(), reference.astype(np.float64).ravel()
+    error = float(np.abs(a - b).max())
+    return {
+        "cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
+        "max_abs": error,
+        "max_rel": error / float(np.abs(b).max()),
+    }
+
+
+def timed(run: Runner, image: np.ndarray) -> tuple[float, np.ndarray]:
+    """Seconds one call takes, and its output."""
+    started = time.perf_counter()
+    out = run(image)
+    return time.perf_counter() - started, out
+
+
+def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, object]:
+    """Interleaved repeats of every timed case at every size, in this process."""
+    from rich.progress import Progress
+
+    module = reference_module(arch)
+    runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
+    rng = np.random.default_rng(0)
+    results: dict[str, object] = {}
+    with Progress() as progress:
+        task = progress.add_task("timing", total=len(sizes) * (repeats + 1) * len(runners))
+        for size in sizes:
+            image = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+            outputs = {}
+            for case, run in runners.items():
+                outputs[case] = run(image)
+                progress.advance(task)
+            times: dict[str, list[float]] = {case: [] for case in runners}
+            for _ in range(repeats):
+                for case, run in runners.items():
+                    seconds, _ = timed(run, image)
+                    times[case].append(seconds)
+                    progress.advance(task)
+            reference = outputs["torch-fp32"]
+            eager = statistics.median(times["torch-fp32"])
+            results[str(size)] = {
+                case: {
+                    "seconds": [round(t, 3) for t in times[case]],
+                    "median_s": round(statistics.median(times[case]), 3),
+                    "speedup_vs_torch_fp32": round(eager / statistics.median(times[case]), 3),
+                    "agreement_vs_torch_fp32": agreement(outputs[case], reference),
+                }
+                for case in runners
+            }
+    return results
+
+
+def memory_case(case: str, arch: str, graph: Path, size: int) -> dict[str, float]:
+    """Build one case and run it once in this (fresh) process: set-up time, run time, peak RSS."""
+    image = np.random.default_rng(1).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+    started = time.perf_counter()
+    run = make_runner(case, arch, graph, None)
+    setup = time.perf_counter() - started
+    first, _ = timed(run, image)
+    return {"setup_s": setup, "first_run_s": first, "peak_rss_gib": peak_rss_kib() / 2**20}
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB.
+
+    `VmHWM` belongs to the address space exec created, whereas `ru_maxrss` is inherited across
+    fork and exec, so a child would report its parent's peak when that was higher.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory(arch: str, graph: Path, sizes: list[int], cases: tuple[str, ...]) -> dict[str, object]:
+    """Every memory case in its own subprocess."""
+    results: dict[str, dict[str, object]] = {}
+    for size in sizes:
+        for case in cases:
+            command = [sys.executable, __file__, "--arch", arch, "--graph", str(graph)]
+            command += ["--memory-case", case, "--sizes", str(size)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            lines = done.stdout.strip().splitlines()
+            if done.returncode != 0 or not lines:
+                found: object = {"failed": done.stderr.strip().splitlines()[-1:]}
+            else:
+                found = json.loads(lines[-1])
+            results.setdefault(str(size), {})[case] = found
+            print(f"memory {case} {size}: {found}", flush=True)
+    return results
+
+
+def markdown(report: dict[str, object]) -> str:
+    """A short table: median time, speed-up, cosine, peak memory per case and size."""
+    weights = float(report["weights_gib"])  # type: ignore[arg-type]
+    lines = [
+        f"# {NAME}: image -> us6, {report['arch']}, batch 1, fp32 weights {weights:.2f} GiB",
+        "",
+        f"Machine: {report['machine']}. Peak RSS target: {1.5 * weights:.2f} GiB (1.5x weights).",
+        "",
+        "| size | case | median s | vs torch fp32 | cosine vs fp32 | max abs | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    timing_rows: dict[str, dict[str, dict[str, object]]] = report["timing"]  # type: ignore[assignment]
+    memory_rows: dict[str, dict[str, dict[str, object]]] = report["memory"]  # type: ignore[assignment]
+    for size in sorted(set(timing_rows) | set(memory_rows), key=int):
+        for case in MEMORY_CASES:
+            row = timing_rows.get(size, {}).get(case, {})
+            mem = memory_rows.get(size, {}).get(case, {})
+            agree: dict[str, float] = row.get("agreement_vs_torch_fp32", {})  # type: ignore[assignment]
+            median = row.get("median_s", f"{float(mem.get('first_run_s', 0)):.2f} (one run)")
+            speed = f"{row['speedup_vs_torch_fp32']}x" if row else "-"
+            cos = f"{agree['cosine']:.7f}" if agree else "-"
+            err = f"{agree['max_abs']:.2e}" if agree else "-"
+            peak = f"{float(mem['peak_rss_gib']):.2f}" if "peak_rss_gib" in mem else "-"
+            lines.append(f"| {size} | {case} | {median} | {speed} | {cos} | {err} | {peak} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, object], path: Path) -> None:
+    """Bar chart of median seconds per case and size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timing_rows: dict[str, dict[str, dict[str, float]]] = report["timing"]  # type: ignore[assignment]
+    sizes = sorted(timing_rows, key=int)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(TIMED_CASES)
+    for i, case in enumerate(TIMED_CASES):
+        values = [timing_rows[size][case]["median_s"] for size in sizes]
+        positions = [j + i * width for j in range(len(sizes))]
+        axis.bar(positions, values, width, label=case)
+    axis.set_xticks([j + width for j in range(len(sizes))], [f"{s} px" for s in sizes])
+    axis.set_ylabel("median seconds (batch 1)")
+    axis.set_title(f"image -> us6, {report['arch']}, 2-core CPU")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def machine() -> str:
+    """Processor, physical cores and whether it has AMX (bf16 matrix units)."""
+    import platform
+
+    import psutil
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    cores = psutil.cpu_count(logical=False)
+    return f"{platform.processor() or platform.machine()}, {cores} cores, {amx}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sd21")
+    parser.add_argument("--sizes", default="512,768")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ort/bench"))
+    parser.add_argument("--graph", type=Path, help="an exported image -> us6 graph to use")
+    parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--skip", default="", help="comma list of memory cases to skip")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    graph = args.graph or export_graph(args.arch, args.workdir / args.arch / "model.onnx")
+    if args.memory_case:
+        print(json.dumps(memory_case(args.memory_case, args.arch, graph, sizes[0])))
+        return
+    skipped = set(args.skip.split(","))
+    report: dict[str, object] = {
+        "arch": args.arch,
+        "machine": machine(),
+        "graph": str(graph),
+        "weights_gib": weight_bytes(graph) / 2**30,
+        "memory": memory(
+            args.arch, graph, sizes, tuple(c for c in MEMORY_CASES if c not in skipped)
+        ),
+        "timing": timing(args.arch, graph, sizes, args.repeats),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{NAME}.md").write_text(markdown(report))
+    plot(report, RESULTS / f"{NAME}.png")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
