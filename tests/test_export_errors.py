@@ -71,3 +71,19 @@ def test_failed_export_leaves_nothing(capsys: pytest.CaptureFixture[str], tmp_pa
     args = ["export", *TINY, "-o", str(out), "--precision", "fp16"]
     _expect_error(capsys, [*args, "--calibration-images", str(images)], "cannot read calibration")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
+
+
+def test_export_failing_after_writing_leaves_nothing(
+    tiny: LoadedUNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cleandift_deploy.errors import CleanDiftError
+    from cleandift_deploy.export import ExportOptions, export_onnx, exporter
+
+    def reject(path: Path) -> None:
+        assert path.is_file()
+        raise CleanDiftError("the exported graph is invalid: simulated")
+
+    monkeypatch.setattr(exporter, "check_onnx", reject)
+    with pytest.raises(CleanDiftError, match="simulated"):
+        export_onnx(tiny, tmp_path / "m.onnx", ExportOptions(check_agreement=False))
+    assert list(tmp_path.iterdir()) == []

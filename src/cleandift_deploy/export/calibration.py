@@ -20,7 +20,6 @@ from ..errors import CleanDiftError
 from .cleanup import PROTOBUF_LIMIT, weight_bytes
 from .fp16 import FLOAT, name_nodes, tensor_types
 from .graph_module import IMAGE_INPUT
-from .shapes import ShapePlan
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -97,13 +96,12 @@ def keep_list(model: onnx.ModelProto, peaks: dict[str, float], bound: float) -> 
 
 
 def calibrated_keep_list(
-    model: onnx.ModelProto, folder: Path, plan: ShapePlan, bound: float
+    model: onnx.ModelProto, images: list[np.ndarray], bound: float
 ) -> list[str]:
-    """Names of the nodes to keep in fp32 after running the fp32 graph on the images in
-    `folder` at the export's optimisation size."""
+    """Names of the nodes to keep in fp32 after running the fp32 graph on `images` (uint8
+    [1,3,H,W] at the export's optimisation size, from `read_images`)."""
     name_nodes(model)
     if model.graph.input[0].name != IMAGE_INPUT:
         raise CleanDiftError("calibration needs an image-input graph (drop --no-vae)")
-    images = read_images(folder, plan.height.opt, plan.width.opt)
     peaks = tensor_peaks(model, ({IMAGE_INPUT: image} for image in images))
     return keep_list(model, peaks, bound)

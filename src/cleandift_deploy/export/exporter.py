@@ -7,6 +7,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .. import __version__
@@ -22,7 +23,9 @@ from .artifact_files import (
     set_manifest_metadata,
     staging_folder,
 )
+from .calibration import calibrated_keep_list, read_images
 from .cleanup import fold_and_clean
+from .fp16 import to_mixed_fp16
 from .graph_module import IMAGE_INPUT, LATENT_INPUT, ExportGraph, build_export_graph
 from .measure import agreement_batches, measure_agreement
 from .options import ExportOptions
@@ -79,17 +82,21 @@ def _manifest(
 
 
 def _convert_precision(
-    model: onnx.ModelProto, options: ExportOptions, module: ExportGraph, plan: ShapePlan
+    model: onnx.ModelProto, options: ExportOptions, calibration: list[np.ndarray] | None
 ) -> tuple[onnx.ModelProto, list[str]]:
     if options.precision == "fp32":
         return model, []
-    from .calibration import calibrated_keep_list
-    from .fp16 import to_mixed_fp16
-
-    keep: list[str] = []
-    if options.calibration_images is not None:
-        keep = calibrated_keep_list(model, options.calibration_images, plan, options.fp16_bound)
+    keep = (
+        [] if calibration is None else calibrated_keep_list(model, calibration, options.fp16_bound)
+    )
     return to_mixed_fp16(model, keep), keep
+
+
+def _calibration_images(options: ExportOptions, plan: ShapePlan) -> list[np.ndarray] | None:
+    """The calibration images, read before any slow step so bad files fail fast."""
+    if options.calibration_images is None:
+        return None
+    return read_images(options.calibration_images, plan.height.opt, plan.width.opt)
 
 
 def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manifest:
@@ -103,6 +110,7 @@ def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manife
     options.check()
     refuse_existing_artifact(out, options.force)
     plan = plan_shapes(loaded.arch, options)
+    calibration = _calibration_images(options, plan)
     spec = build_export_graph(loaded, options)
     module = spec.module
     started = time.perf_counter()
@@ -111,7 +119,7 @@ def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manife
         traced = trace_to_onnx(module, inputs, plan, options.opset, folder / "traced.onnx")
         model, nodes_before, nodes_after = fold_and_clean(traced)
         del traced
-        model, keep = _convert_precision(model, options, module, plan)
+        model, keep = _convert_precision(model, options, calibration)
         staged = folder / out.name
         external = save_onnx(model, staged, options.external_data_threshold)
         del model
