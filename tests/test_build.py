@@ -34,8 +34,13 @@ def exported(
 
 def test_tiny_graph_builds_with_tensorrt_rtx(exported: Path) -> None:
     engine = exported.with_name(exported.stem + "-sm86.engine")
-    options = BuildOptions(compute_capabilities=("8.6",), workspace_gb=4.0)
+    cache = exported.with_name("timing.cache")
+    options = BuildOptions(
+        compute_capabilities=("8.6",), opt_level=0, workspace_gb=4.0, timing_cache=cache
+    )
     manifest = build_engine(exported, engine, options)
+    assert cache.is_file()
+    assert manifest.build["opt_level"] == 0
     assert engine.stat().st_size > 1_000_000
     assert Manifest.load(sidecar_path(engine)) == manifest
     assert manifest.kind == "engine" and manifest.target["runtime"] == "tensorrt-rtx"
