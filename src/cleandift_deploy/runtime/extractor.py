@@ -102,7 +102,7 @@ class FeatureExtractor:
             raise CleanDiftError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
         select_taps(manifest, taps)
         resolve_image_size(manifest, image_size)
-        name = choose_backend(kind, device, manifest) if backend == "auto" else backend
+        name = choose_backend(kind) if backend == "auto" else backend
         device = device or default_device(name)
         runner = _open_backend(name, path, manifest, device, threads, source)
         return cls(

@@ -1,12 +1,12 @@
 """Which backend runs an artifact: the file kind, what is installed, and what this machine has.
 
-`auto` picks the fastest backend that can run here without losing the artifact's precision:
+`auto` picks the fastest backend that can run here without losing the artifact's agreement:
 TensorRT for engines; for ONNX graphs ONNX Runtime, on CUDA when a GPU and onnxruntime-gpu are
-both present. The one exception is a reduced-precision (fp16) graph on a CPU with AMX bf16 units
-whose checkpoint is on this machine: PyTorch under bf16 autocast runs it, because it is several
-times faster there and agrees with fp32 PyTorch within the fp16 thresholds the exporter applies
-(benchmarks/bench_runtime_backends.py measures both). An fp32 graph is never handed to bf16: its
-bar (cosine 0.99999) is beyond bf16's 8-bit mantissa.
+both present. PyTorch under bf16 autocast ("torch-bf16") is faster than fp32 PyTorch on CPUs with
+AMX (SD2.1 us6 graph: 1.9x at 512 px, 1.8-2.8x at 768 px) but is never chosen by `auto`: on
+the full-size architecture its nearest-neighbour matches agree with fp32 on only 91-98% of query
+points, below even the fp16 bar of 99% (benchmarks/results/runtime_backends.md). Ask for it by
+name where that trade is acceptable.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "torch-bf16")
 ARTIFACT_KINDS = {".onnx": "onnx", ".plan": "engine", ".engine": "engine"}
@@ -45,28 +44,9 @@ def ort_has_cuda() -> bool:
     )
 
 
-def has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tile units (Linux; elsewhere assumed not)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags.split()
-
-
-def checkpoint_here(manifest: Manifest) -> bool:
-    """Whether the weights an artifact came from can be rebuilt on this machine."""
-    return manifest.source.startswith("random-init:") or Path(manifest.source).exists()
-
-
-def choose_backend(kind: str, device: str | None, manifest: Manifest) -> str:
-    """The backend `auto` means for this artifact on this machine."""
-    if kind == "engine":
-        return "tensorrt"
-    on_cpu = device == "cpu" or (device is None and not ort_has_cuda())
-    if manifest.precision != "fp32" and on_cpu and has_amx_bf16() and checkpoint_here(manifest):
-        return "torch-bf16"
-    return "onnxruntime"
+def choose_backend(kind: str) -> str:
+    """The backend `auto` means for this artifact kind."""
+    return "tensorrt" if kind == "engine" else "onnxruntime"
 
 
 def default_device(backend: str) -> str:
