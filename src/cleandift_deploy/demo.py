@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from .eval import pck, visible_points, warped_pair
 from .eval.draw import draw_matches
 from .export import ExportOptions, export_onnx
 from .export.agreement import compare_outputs
+from .export.commands import agreement_table
 from .kernels import match_points
 from .models import random_unet
 from .runtime.extractor import FeatureExtractor
@@ -27,22 +27,6 @@ from .runtime.pca import save_pca_picture
 OUT = Path("demo-out")
 SIZE = 256
 TAPS = ("us3", "us6")
-
-
-def _agreement_table(title: str, agreement: dict) -> Table:
-    table = Table(title=title)
-    for column in ("tap", "cosine mean", "cosine min", "rel. L2", "max abs", "NN agreement"):
-        table.add_column(column)
-    for tap, a in agreement.items():
-        table.add_row(
-            tap,
-            f"{a.cosine_mean:.7f}",
-            f"{a.cosine_min:.7f}",
-            f"{a.relative_l2:.2e}",
-            f"{a.max_abs:.2e}",
-            f"{a.match_agreement:.1%}",
-        )
-    return table
 
 
 def main() -> None:
@@ -68,7 +52,7 @@ def main() -> None:
     agreement = compare_outputs(
         {k: v.numpy() for k, v in theirs.items()}, {k: v.numpy() for k, v in ours.items()}
     )
-    console.print(_agreement_table("ONNX Runtime vs PyTorch fp32 (real image pair)", agreement))
+    console.print(agreement_table("ONNX Runtime vs PyTorch fp32 (real image pair)", agreement))
     points = visible_points(pair, 60, seed=1)
     matched, scores = match_points(
         ours["us6"][0], ours["us6"][1], torch.from_numpy(points), (SIZE, SIZE), (SIZE, SIZE)
