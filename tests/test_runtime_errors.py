@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,7 @@ class _NaNBackend:
     name = "nan"
     device = torch.device("cpu")
 
-    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = next(iter(inputs.values())).shape[0]
         return {tap: torch.full((batch, 4, 2, 2), float("nan")) for tap in ("us3", "us6")}
 

@@ -20,6 +20,7 @@ from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.tensorrt_backend import (
+    ProfileShapes,
     check_compute_capability,
     check_tensorrt_version,
     select_profile,
@@ -91,8 +92,8 @@ def test_compute_capability_must_match_the_gpu() -> None:
 
 
 def test_profile_is_selected_by_shape() -> None:
-    small = {"image": ((1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 128, 128))}
-    large = {"image": ((1, 3, 128, 128), (4, 3, 256, 256), (8, 3, 512, 512))}
+    small: ProfileShapes = {"image": ((1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 128, 128))}
+    large: ProfileShapes = {"image": ((1, 3, 128, 128), (4, 3, 256, 256), (8, 3, 512, 512))}
     assert select_profile([small, large], {"image": (2, 3, 64, 128)}) == 0
     assert select_profile([small, large], {"image": (3, 3, 128, 128)}) == 1
     assert select_profile([small, large], {"image": (1, 3, 128, 128)}) == 0

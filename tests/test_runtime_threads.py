@@ -14,7 +14,7 @@ from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 
 THREADS = 4
-CALLS = 12
+CALLS = 8
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
