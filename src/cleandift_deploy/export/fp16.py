@@ -96,22 +96,13 @@ class _Rewriter:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.types = tensor_types(model)
-        self.now = {
-            name: t
-            for name, t in self.types.items()
-            if t in FLOAT_TYPES and self._is_source(model, name)
-        }
-        self.initializers = {t.name: t for t in model.graph.initializer}
+        graph = model.graph
+        sources = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        self.now = {n: t for n, t in self.types.items() if t in FLOAT_TYPES and n in sources}
+        self.initializers = {t.name: t for t in graph.initializer}
         self.half_initializers: dict[str, TensorProto] = {}
         self.casts: dict[tuple[str, int], str] = {}
         self.nodes: list[onnx.NodeProto] = []
-
-    @staticmethod
-    def _is_source(model: onnx.ModelProto, name: str) -> bool:
-        graph = model.graph
-        return any(t.name == name for t in graph.initializer) or any(
-            i.name == name for i in graph.input
-        )
 
     def cast(self, name: str, to: int) -> str:
         """A tensor holding `name` converted to `to`, made once and shared."""
