@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 from runtime_helpers import TINY_TAPS, agreement, export_tiny, random_rgb
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.images import read_image
+from cleandift_deploy.runtime.tensorrt_backend import tensorrt_installed
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +136,29 @@ def test_missing_inputs_and_models(
     assert "does not exist" in capsys.readouterr().err
     assert _run(["extract", "--model", str(tmp_path / "m.onnx"), str(tmp_path), "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_bare_checkpoint_needs_its_vae(
+    tiny: LoadedUNet, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "student_unet.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.unet.state_dict().items()}, str(checkpoint))
+    args = ["extract", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / "o")]
+    assert _run(args) == 2
+    assert "no VAE found beside the UNet" in capsys.readouterr().err
+
+
+def test_engines_need_tensorrt_and_a_gpu(
+    artifact: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"serialised engine")
+    manifest = json.loads(artifact.with_suffix(".json").read_text())
+    manifest.update(kind="engine", target={"runtime": "tensorrt"})
+    engine.with_suffix(".json").write_text(json.dumps(manifest))
+    args = ["extract", "--model", str(engine), str(photos), "--out", str(tmp_path / "o")]
+    assert _run(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    if not tensorrt_installed():
+        assert "TensorRT is not installed" in err

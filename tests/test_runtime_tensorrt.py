@@ -3,7 +3,6 @@ tensorrt-stubs, and a run against the PyTorch reference where a GPU and TensorRT
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,7 @@ from cleandift_deploy.runtime.tensorrt_backend import (
     check_tensorrt_version,
     select_profile,
     target_capabilities,
+    tensorrt_installed,
 )
 
 BACKEND_MODULE = Path(__file__).parents[1] / "src/cleandift_deploy/runtime/tensorrt_backend.py"
@@ -134,7 +134,7 @@ def test_backend_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
 
 
 needs_gpu = pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is None,
+    not torch.cuda.is_available() or not tensorrt_installed(),
     reason="needs an NVIDIA GPU and TensorRT",
 )
 

@@ -45,9 +45,16 @@ _DTYPES = {
 }
 
 
+def tensorrt_installed() -> bool:
+    """Whether the real TensorRT is importable: tensorrt-stubs alone leaves a bare `tensorrt`
+    namespace folder (type stubs, no code), which must not count."""
+    spec = importlib.util.find_spec("tensorrt")
+    return spec is not None and spec.origin is not None
+
+
 def require_tensorrt() -> None:
     """A one-line error saying how to get TensorRT when it is not installed."""
-    if importlib.util.find_spec("tensorrt") is None:
+    if not tensorrt_installed():
         raise CleanDiftError(
             "TensorRT is not installed: install it with the [gpu] extra on a machine with an "
             "NVIDIA GPU, or run the .onnx artifact with ONNX Runtime"
