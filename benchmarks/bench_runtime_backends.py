@@ -19,6 +19,7 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,10 +116,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{NAME}.md").write_text(markdown(report))
+    plot(report, RESULTS / f"{NAME}.png")
     print(markdown(report))
 
 
-def markdown(report: dict) -> str:  # type: ignore[type-arg]
+def markdown(report: dict[str, Any]) -> str:
     """A short table of the report."""
     lines = [
         f"# PyTorch fp32 vs bf16 autocast on the CPU ({report['arch']}, us6, batch 2 (a pair), "
@@ -146,6 +148,42 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
         "",
     ]
     return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Seconds per pair for each precision, and bf16's agreement against the fp16 bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row["size"] for row in report["rows"]]
+    positions = np.arange(len(sizes))
+    figure, (speed, agree) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for offset, name in ((-0.2, "fp32"), (0.2, "bf16")):
+        seconds = [row["seconds"][name] for row in report["rows"]]
+        speed.bar(positions + offset, seconds, width=0.4, label=f"torch {name}")
+    speed.set_xticks(positions, [f"{s} px" for s in sizes])
+    speed.set_ylabel("seconds per pair (median)")
+    speed.set_title(f"{report['arch']} us6, CPU ({report['threads']} threads)")
+    speed.legend()
+    matches = [row["bf16_vs_fp32"]["match_agreement"] for row in report["rows"]]
+    cosines = [row["bf16_vs_fp32"]["cosine_mean"] for row in report["rows"]]
+    agree.plot(sizes, matches, "o-", label="NN matches unchanged")
+    agree.plot(sizes, cosines, "s-", label="cosine mean")
+    agree.axhline(
+        report["thresholds"]["fp16"]["match_agreement"],
+        color="grey",
+        ls="--",
+        label="fp16 bar (matches)",
+    )
+    agree.set_ylim(0.85, 1.005)
+    agree.set_xlabel("image size (px)")
+    agree.set_title("bf16 vs fp32 agreement")
+    agree.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
