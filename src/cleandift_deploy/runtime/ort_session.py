@@ -25,12 +25,18 @@ _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 def physical_cores() -> int:
-    """Physical cores available to this process: ONNX Runtime's best intra-op thread count."""
-    import psutil
+    """Physical cores available to this process: ONNX Runtime's best intra-op thread count.
 
+    Uses psutil when installed (a test extra); otherwise the logical count, which is the same on
+    machines without simultaneous multithreading.
+    """
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    physical = psutil.cpu_count(logical=False) or logical or 1
-    return max(1, min(physical, logical or physical))
+    logical = logical or 1
+    try:
+        import psutil
+    except ImportError:
+        return logical
+    return max(1, min(psutil.cpu_count(logical=False) or logical, logical))
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
