@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from export_helpers import run_cli
 from PIL import Image
 from runtime_helpers import TINY_TAPS, agreement, export_tiny, random_rgb
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cleandift_deploy.cli import main
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.images import read_image
@@ -39,25 +39,11 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def _run(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as stopped:
-        main(args)
-    return int(stopped.value.code or 0)
-
-
-def _extract(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as stopped:
-        return int(stopped.code or 0)
-    return 0
-
-
 def test_folder_with_a_corrupt_file(
     artifact: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "features"
-    code = _extract(["extract", "--model", str(artifact), str(photos), "--out", str(out), "--pca"])
+    code = run_cli(["extract", "--model", str(artifact), str(photos), "--out", str(out), "--pca"])
     err = capsys.readouterr().err
     assert code == 1, "unreadable images make the run fail at the end"
     assert "3 written, 0 skipped" in err and "1 unreadable" in err and "broken.jpg" in err
@@ -86,21 +72,21 @@ def test_existing_outputs_are_skipped_unless_overwrite(
 ) -> None:
     out = tmp_path / "features"
     image = str(photos / "a.png")
-    assert _extract(["extract", "--model", str(artifact), image, "--out", str(out)]) == 0
+    assert run_cli(["extract", "--model", str(artifact), image, "--out", str(out)]) == 0
     first = (out / "a.png.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert _extract(["extract", "--model", str(artifact), image, "--out", str(out)]) == 0
+    assert run_cli(["extract", "--model", str(artifact), image, "--out", str(out)]) == 0
     assert "0 written, 1 skipped" in capsys.readouterr().err
     assert (out / "a.png.safetensors").stat().st_mtime_ns == first
     args = ["extract", "--model", str(artifact), image, "--out", str(out), "--overwrite"]
-    assert _extract(args) == 0
+    assert run_cli(args) == 0
     assert "1 written, 0 skipped" in capsys.readouterr().err
 
 
 def test_taps_and_batch_size_options(artifact: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "features"
     args = ["extract", "--model", str(artifact), str(photos / "sub"), "--out", str(out)]
-    assert _extract([*args, "--taps", "us6", "--batch-size", "1"]) == 0
+    assert run_cli([*args, "--taps", "us6", "--batch-size", "1"]) == 0
     with safe_open(str(out / "b.png.safetensors"), "pt") as stored:
         assert list(stored.keys()) == ["us6"]
 
@@ -122,7 +108,7 @@ def test_bad_requests_end_in_one_line(
     message: str,
 ) -> None:
     args = ["extract", "--model", str(artifact), str(photos), "--out", str(tmp_path / "o"), *extra]
-    assert _run(args) == 2
+    assert run_cli(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert "Traceback" not in err
@@ -132,9 +118,11 @@ def test_missing_inputs_and_models(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = str(tmp_path / "o")
-    assert _run(["extract", "--model", str(artifact), str(tmp_path / "none"), "--out", out]) == 2
+    assert run_cli(["extract", "--model", str(artifact), str(tmp_path / "none"), "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert _run(["extract", "--model", str(tmp_path / "m.onnx"), str(tmp_path), "--out", out]) == 2
+    assert (
+        run_cli(["extract", "--model", str(tmp_path / "m.onnx"), str(tmp_path), "--out", out]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -144,7 +132,7 @@ def test_a_bare_checkpoint_needs_its_vae(
     checkpoint = tmp_path / "student_unet.safetensors"
     save_file({k: v.contiguous() for k, v in tiny.unet.state_dict().items()}, str(checkpoint))
     args = ["extract", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / "o")]
-    assert _run(args) == 2
+    assert run_cli(args) == 2
     assert "no VAE found beside the UNet" in capsys.readouterr().err
 
 
@@ -157,7 +145,7 @@ def test_engines_need_tensorrt_and_a_gpu(
     manifest.update(kind="engine", target={"runtime": "tensorrt"})
     engine.with_suffix(".json").write_text(json.dumps(manifest))
     args = ["extract", "--model", str(engine), str(photos), "--out", str(tmp_path / "o")]
-    assert _run(args) == 2
+    assert run_cli(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     if not tensorrt_installed():
