@@ -9,6 +9,12 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FINITE_CHUNK = 1 << 20
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """True when no element is NaN or Inf, checked in chunks so no input-sized temporary is made."""
+    return all(bool(torch.isfinite(part).all()) for part in x.reshape(-1).split(FINITE_CHUNK))
 
 
 def check_features(x: torch.Tensor, name: str, ndim: int, layout: str) -> None:
@@ -23,7 +29,7 @@ def check_features(x: torch.Tensor, name: str, ndim: int, layout: str) -> None:
         )
     if any(s == 0 for s in x.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf; fix the features before matching")
 
 

@@ -27,7 +27,7 @@ from .geometry import (
 from .target_field import TargetField, prepare_target, quadratic_form
 from .types import PointMatches
 
-QUERY_CHUNK = 256
+QUERY_CHUNK = 64
 BOUND_SLACK = 1e-5
 NO_INDEX = 2**62
 

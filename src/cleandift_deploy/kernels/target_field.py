@@ -16,6 +16,7 @@ from .cosine import EPS, inverse_norms
 from .geometry import Axis, bilinear_axis
 
 TILE = 8
+GRAM_ROWS = 8
 CONDITION_LIMIT = 1e-8
 
 
@@ -95,6 +96,12 @@ def quadratic_form(g: torch.Tensor, v: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _row_pair_gram(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """[r, 2w, 2w] float64 dot products among the cells of each row and of the row below."""
+    pair = torch.cat([top, bottom], dim=1).double()
+    return pair @ pair.transpose(1, 2)
+
+
 def neighbour_grams(t: torch.Tensor) -> torch.Tensor:
     """[h, w, 4, 4] Gram matrices of the four corners of each 2x2 neighbourhood of [C, h, w].
 
@@ -104,8 +111,12 @@ def neighbour_grams(t: torch.Tensor) -> torch.Tensor:
     _, h, w = t.shape
     rows = t.permute(1, 2, 0)
     iy = (torch.arange(h, device=t.device) + 1).clamp_max(h - 1)
-    pair = torch.cat([rows, rows[iy]], dim=1)
-    full = pair @ pair.transpose(1, 2)
+    full = torch.cat(
+        [
+            _row_pair_gram(rows[y : y + GRAM_ROWS], rows[iy[y : y + GRAM_ROWS]])
+            for y in range(0, h, GRAM_ROWS)
+        ]
+    )
     x = torch.arange(w, device=t.device)
     pos = torch.stack([x, (x + 1).clamp_max(w - 1), w + x, w + (x + 1).clamp_max(w - 1)], dim=1)
     return full[:, pos[:, :, None], pos[:, None, :]]
@@ -157,7 +168,7 @@ def prepare_target(tgt: torch.Tensor, size: tuple[int, int], upsample: str) -> T
         inv = inverse_norms(feat.T).reshape(h, w)
         return TargetField(feat, (h, w), (h, w), ay, ax, inv, None)
     ay, ax = bilinear_axis(h, size[0], tgt.device), bilinear_axis(w, size[1], tgt.device)
-    gram = neighbour_grams(tgt.double())
+    gram = neighbour_grams(tgt.float())
     inv = upsampled_inverse_norms(gram, ay, ax)
     ty, tx = _tiles(ay), _tiles(ax)
     rows = torch.stack([ty.first, ty.last], dim=1).flatten()
