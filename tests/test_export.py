@@ -133,6 +133,10 @@ def test_fp16_graph_agrees_and_keeps_unsafe_ops_in_fp32(
     for op in ("Softmax", "InstanceNormalization", "LayerNormalization", "Resize"):
         assert by_op[op] == {onnx.TensorProto.FLOAT}, op
     assert by_op["Conv"] == {onnx.TensorProto.FLOAT16}
+    time_nodes = [n for n in model.graph.node if "/time_embedding/" in n.name]
+    assert time_nodes, "the dynamic-batch graph computes the time embedding"
+    for node in time_nodes:
+        assert types[node.output[0]] == onnx.TensorProto.FLOAT, node.name
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 

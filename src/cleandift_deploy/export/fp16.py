@@ -36,6 +36,8 @@ FP32_OPS = frozenset(
 """Ops whose fp16 version loses range or precision: kept in fp32 wherever they appear."""
 SCORE_OPS = frozenset({"Mul", "Div", "Add", "Where", "Cast"})
 """Elementwise ops that may sit between an attention score MatMul and its Softmax."""
+TIME_SCOPES = ("/time_proj/", "/time_embedding/", "/time_emb_proj/")
+"""Name scopes of the timestep embedding; with a dynamic batch it is not folded away."""
 TYPE_BLIND_OPS = frozenset({"Shape", "Size"})
 """Ops that read a float tensor's shape only: any float type will do."""
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -68,6 +70,24 @@ def attention_score_nodes(nodes: Iterable[onnx.NodeProto]) -> set[str]:
     return found
 
 
+def time_embedding_nodes(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """The timestep embedding's nodes and everything they are computed from (the timestep
+    constant, its expansion to the batch), stopping at Shape reads of other tensors."""
+    nodes = list(nodes)
+    producer = {out: node for node in nodes for out in node.output}
+    pending = [n for n in nodes if any(scope in n.name for scope in TIME_SCOPES)]
+    found: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if node.name in found:
+            continue
+        found.add(node.name)
+        if node.op_type in TYPE_BLIND_OPS:
+            continue
+        pending.extend(producer[name] for name in node.input if name in producer)
+    return found
+
+
 def name_nodes(model: onnx.ModelProto) -> None:
     """Give every unnamed node a unique name, so keep-lists can refer to it."""
     taken = {n.name for n in model.graph.node if n.name}
@@ -80,10 +100,12 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 
 def fp32_nodes(model: onnx.ModelProto, keep: Iterable[str]) -> set[str]:
-    """Every node to run in fp32: unsafe op types, attention scores, and the keep-list."""
+    """Every node to run in fp32: unsafe op types, attention scores, the timestep embedding,
+    and the keep-list."""
     graph = model.graph
     unsafe = {n.name for n in graph.node if n.op_type in FP32_OPS}
-    return unsafe | attention_score_nodes(graph.node) | set(keep)
+    timestep = time_embedding_nodes(graph.node)
+    return unsafe | attention_score_nodes(graph.node) | timestep | set(keep)
 
 
 def _to_half(tensor: TensorProto, name: str) -> TensorProto:
