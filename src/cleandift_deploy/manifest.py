@@ -132,5 +132,9 @@ class Manifest:
 
 
 def sidecar_path(artifact: Path) -> Path:
-    """Where an artifact's JSON manifest lives: `model.onnx` -> `model.json`."""
-    return artifact.with_suffix(".json")
+    """Where an artifact's JSON manifest lives: `model.onnx` -> `model.json`, and for engines
+    `model.engine` -> `model.engine.json`, so an engine never overwrites its model's manifest."""
+    artifact = Path(artifact)
+    if artifact.suffix == ".onnx":
+        return artifact.with_suffix(".json")
+    return artifact.with_name(artifact.name + ".json")

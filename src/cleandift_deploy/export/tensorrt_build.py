@@ -165,21 +165,10 @@ def _engine_manifest(
     return engine
 
 
-def engine_sidecar(onnx_path: Path, engine_path: Path) -> Path:
-    """The engine's manifest path; it must not be the ONNX model's own manifest."""
-    sidecar = sidecar_path(engine_path)
-    if sidecar.resolve() == sidecar_path(onnx_path).resolve():
-        raise CleanDiftError(
-            f"the engine's manifest would overwrite the model's {sidecar.name}: give the engine "
-            f"another name (e.g. {engine_path.stem}-{engine_path.suffix.lstrip('.')}.engine)"
-        )
-    return sidecar
-
-
 def build_engine(onnx_path: Path, out: Path, options: BuildOptions) -> Manifest:
     """Build and write the engine for `onnx_path` and its manifest; return the manifest."""
     onnx_path, out = Path(onnx_path), Path(out)
-    sidecar = engine_sidecar(onnx_path, out)
+    sidecar = sidecar_path(out)
     refuse_existing(out, options.force)
     refuse_existing(sidecar, options.force)
     manifest = read_manifest_metadata(onnx_path)
