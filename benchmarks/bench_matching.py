@@ -79,6 +79,8 @@ def make_call(spec: dict[str, Any]) -> Callable[[], tuple[torch.Tensor, ...]]:
             a, b = a.cuda().half(), b.cuda().half()
         fns = {
             "ours": lambda: tuple(match_dense(a, b)),
+            "prefilter": lambda: tuple(match_dense(a, b, impl="prefilter")),
+            "blocked": lambda: tuple(match_dense(a, b, impl="blocked")),
             "reference": lambda: tuple(reference_match_dense(a, b)),
             "faiss": lambda: faiss_knn(a, b),
         }
@@ -167,7 +169,15 @@ def plan(quick: bool) -> list[dict[str, Any]]:
             "dtype": "float32",
             "impl": "torch",
             "repeats": 5,
-        }
+        },
+        {
+            "kind": "gemm",
+            "name": "bf16gemm",
+            "n": 1024 if quick else 4096,
+            "dtype": "bfloat16",
+            "impl": "torch",
+            "repeats": 5,
+        },
     ]
     for tgt_size in [(96, 96)] if quick else [(768, 768), (500, 375)]:
         for k in (1, 1000):
@@ -188,7 +198,8 @@ def plan(quick: bool) -> list[dict[str, Any]]:
         for ch in [64] if quick else [1280, 640]:
             base = {"kind": "dense", "name": f"dense_N{n}_C{ch}", "n": n, "c": ch, "save": True}
             cases += [
-                {**base, "impl": impl, "repeats": 5} for impl in ("ours", "reference", "faiss")
+                {**base, "impl": impl, "repeats": 5}
+                for impl in ("ours", "prefilter", "blocked", "reference", "faiss")
             ]
     if torch.cuda.is_available():
         cases.append(
@@ -245,8 +256,15 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                     Path(ours["output"]), Path(faiss["output"])
                 )
                 row["fraction_of_sgemm"] = row["ours_gflops"] / sgemm_rate
+            for impl in ("prefilter", "blocked"):
+                if (name, impl) in by:
+                    row[f"{impl}_s"] = by[(name, impl)]["median_s"]
+                    row[f"{impl}_extra_mb"] = by[(name, impl)]["extra_peak_bytes"] / 2**20
         rows.append(row)
     summary = {"sgemm_gflops": sgemm_rate, "rows": rows, "torch_threads": torch.get_num_threads()}
+    if ("bf16gemm", "torch") in by:
+        g = by[("bf16gemm", "torch")]
+        summary["bf16gemm_gflops"] = 2 * g["n"] ** 3 / g["median_s"] / 1e9
     if ("hgemm_cuda", "torch") in by:
         h = by[("hgemm_cuda", "torch")]
         summary["hgemm_tflops"] = 2 * h["n"] ** 3 / h["median_s"] / 1e12
@@ -302,6 +320,20 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
             f"| {r['reference_extra_mb']:.0f} MB | {agree} |"
         )
     dense = [r for r in summary["rows"] if "fraction_of_sgemm" in r]
+    if "bf16gemm_gflops" in summary:
+        lines += ["", f"CPU bf16 GEMM (4096^3): {summary['bf16gemm_gflops']:.0f} GFLOP/s."]
+    paths = [r for r in dense if "prefilter_s" in r]
+    if paths:
+        lines += [
+            "",
+            'Dense CPU paths ("ours" is impl=auto): '
+            + ", ".join(
+                f"{r['case']} prefilter {r['prefilter_s'] * 1e3:.0f} ms "
+                f"({r['prefilter_extra_mb']:.1f} MB), blocked fp32 {r['blocked_s'] * 1e3:.0f} ms "
+                f"({r['blocked_extra_mb']:.1f} MB)"
+                for r in paths
+            ),
+        ]
     if dense:
         lines += [
             "",
