@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_checks import assert_pairs_equal, assert_top1_agrees, cosine_matrix
 
-from cleandift_deploy.kernels import api, as_kornia_matches, dense_cpu, match_dense
+from cleandift_deploy.kernels import as_kornia_matches, dense_cpu, match_dense
 from cleandift_deploy.kernels.reference import reference_match_dense
 
 SHAPES = [(1, 1, 1), (1, 7, 3), (257, 130, 3), (300, 257, 64), (40, 70, 1280)]
@@ -77,8 +77,7 @@ def test_half_inputs_match_reference_on_the_same_values(dtype: torch.dtype) -> N
     assert_top1_agrees(a.float(), b.float(), got.indices, got.scores)
 
 
-def test_auto_on_cpu_without_amx_is_the_blocked_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api, "has_amx_bf16", lambda: False)
+def test_auto_on_cpu_is_the_blocked_path() -> None:
     a, b = torch.randn(50, 32), torch.randn(60, 32)
     auto, blocked = match_dense(a, b, mutual=True), match_dense(a, b, mutual=True, impl="blocked")
     assert torch.equal(auto.pairs, blocked.pairs) and torch.equal(auto.scores, blocked.scores)

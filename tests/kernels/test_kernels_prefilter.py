@@ -6,13 +6,11 @@ tiny tiles make every case cross many tile borders in both directions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from kernel_checks import assert_pairs_equal, assert_top1_agrees, cosine_matrix
 
-from cleandift_deploy.kernels import api, cpu_features, dense_prefilter, match_dense
+from cleandift_deploy.kernels import dense_prefilter, match_dense
 from cleandift_deploy.kernels.reference import reference_match_dense
 
 SHAPES = [(1, 1, 1), (1, 7, 3), (257, 130, 3), (300, 257, 64), (40, 70, 1280), (129, 300, 1280)]
@@ -163,32 +161,6 @@ def test_error_bound_holds_with_room(c: int) -> None:
     assert 0.005 < dense_prefilter.margin(c) < 0.02
 
 
-def test_auto_uses_the_prefilter_only_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    a, b = torch.randn(50, 32), torch.randn(60, 32)
-    calls: list[str] = []
-    monkeypatch.setattr(api, "prefilter_match_dense", lambda *x, **k: calls.append("p"))
-    monkeypatch.setattr(api, "blocked_match_dense", lambda *x, **k: calls.append("b"))
-    for amx in (True, False):
-        monkeypatch.setattr(api, "has_amx_bf16", lambda amx=amx: amx)
-        match_dense(a, b)
-        match_dense(a, b, k=2)
-    assert calls == ["p", "b", "b", "b"]
-
-
 def test_k_above_one_is_refused_by_the_prefilter() -> None:
     with pytest.raises(ValueError, match="k=1 only"):
         match_dense(torch.randn(5, 4), torch.randn(6, 4), k=2, impl="prefilter")
-
-
-@pytest.mark.parametrize(("flags", "want"), [("fpu sse amx_bf16 amx_tile", True), ("fpu", False)])
-def test_amx_detection_reads_cpu_flags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, want: bool
-) -> None:
-    info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(cpu_features, "CPUINFO", info)
-    cpu_features.has_amx_bf16.cache_clear()
-    try:
-        assert cpu_features.has_amx_bf16() is (want and torch.backends.mkldnn.is_available())
-    finally:
-        cpu_features.has_amx_bf16.cache_clear()
