@@ -164,3 +164,15 @@ def test_error_bound_holds_with_room(c: int) -> None:
 def test_k_above_one_is_refused_by_the_prefilter() -> None:
     with pytest.raises(ValueError, match="k=1 only"):
         match_dense(torch.randn(5, 4), torch.randn(6, 4), k=2, impl="prefilter")
+
+
+def test_auto_takes_the_prefilter_only_for_large_cpu_problems(monkeypatch) -> None:
+    from cleandift_deploy.kernels import api
+
+    monkeypatch.setattr(api, "has_amx_bf16", lambda: True)
+    small, large = torch.randn(8, 4), torch.randn(4096, 4)
+    assert api._auto_dense_impl(small, small, 1) == "blocked"
+    assert api._auto_dense_impl(large, large, 1) == "prefilter"
+    assert api._auto_dense_impl(large, large, 2) == "blocked"
+    monkeypatch.setattr(api, "has_amx_bf16", lambda: False)
+    assert api._auto_dense_impl(large, large, 1) == "blocked"
