@@ -14,6 +14,7 @@ from runtime_helpers import TINY_TAPS, agreement, export_tiny, random_rgb
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cleandift_deploy.manifest import sidecar_path
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.images import read_image
@@ -143,7 +144,7 @@ def test_engines_need_tensorrt_and_a_gpu(
     engine.write_bytes(b"serialised engine")
     manifest = json.loads(artifact.with_suffix(".json").read_text())
     manifest.update(kind="engine", target={"runtime": "tensorrt"})
-    engine.with_suffix(".json").write_text(json.dumps(manifest))
+    sidecar_path(engine).write_text(json.dumps(manifest))
     args = ["extract", "--model", str(engine), str(photos), "--out", str(tmp_path / "o")]
     assert run_cli(args) == 2
     err = capsys.readouterr().err
