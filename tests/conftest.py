@@ -7,15 +7,15 @@ import zlib
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 if not torch.cuda.is_available():
     # Triton kernels run on CPU tensors through the interpreter; on a GPU they are compiled.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from cleandift_deploy.models import random_unet  # noqa: E402
-from cleandift_deploy.models.loading import LoadedUNet  # noqa: E402
+from cleandift_deploy.models import random_unet
+from cleandift_deploy.models.loading import LoadedUNet
 
 
 @pytest.fixture(autouse=True)
