@@ -48,6 +48,7 @@ def test_vae_loads_from_the_pipeline_folder(pipeline: Path) -> None:
     vae = load_vae(pipeline, "tiny")
     torch.manual_seed(3)
     _same_weights(vae, load_vae(None, "tiny", random_init=True))
+    assert not any(p.is_meta for p in vae.parameters())
 
 
 def test_unet_file_with_named_inferred_or_adjacent_config(tmp_path: Path, tiny) -> None:
