@@ -8,12 +8,11 @@ import torch
 
 from ..errors import CleanDiftError
 from ..manifest import ShapeRange
-from ..models import ARCHS, check_image_size
+from ..models import check_image_size
+from ..models.configs import default_image_size
 from ..models.prompt import PROMPT_LENGTH
 from ..models.taps import LATENT_STRIDE
 from .options import ExportOptions
-
-DEFAULT_IMAGE_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,9 @@ class ShapePlan:
         }
 
 
-def _default_size(arch: str) -> int:
-    return ARCHS[arch].image_size if arch in ARCHS else DEFAULT_IMAGE_SIZE
-
-
 def plan_shapes(arch: str, options: ExportOptions) -> ShapePlan:
     """The shape ranges for these options; sizes are checked to be multiples of 64."""
-    default = _default_size(arch)
+    default = default_image_size(arch)
     height, width = (default if s is None else int(s) for s in options.image_size)
     if options.size_range is None:
         (h_min, w_min), (h_max, w_max) = (height, width), (height, width)

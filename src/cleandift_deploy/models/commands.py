@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .configs import ARCHS
+from .configs import ARCHS, default_image_size
 from .loading import resolve_source
 from .shapes import check_image_size
 from .taps import tap_specs
@@ -58,7 +58,7 @@ def info(
     """Architecture, parameter count and taps (channels, stride, shape) of a model."""
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed, device="meta")
     config = loaded.unet.config
-    default = ARCHS[loaded.arch].image_size if loaded.arch in ARCHS else 512
+    default = default_image_size(loaded.arch)
     height, width = image_size or (default, default)
     check_image_size(height, width)
     params = sum(p.numel() for p in loaded.unet.parameters())

@@ -133,6 +133,15 @@ TINY = ArchConfig(
 ARCHS: dict[str, ArchConfig] = {a.name: a for a in (TINY, SD15, SD21)}
 
 
+DEFAULT_IMAGE_SIZE = 512
+"""Image side for models of no known architecture."""
+
+
+def default_image_size(arch: str) -> int:
+    """The image side an architecture was trained at (512 for custom ones)."""
+    return ARCHS[arch].image_size if arch in ARCHS else DEFAULT_IMAGE_SIZE
+
+
 def get_arch(name: str) -> ArchConfig:
     """The named architecture, or a one-line error listing the known ones."""
     try:

@@ -15,6 +15,7 @@ from ..export.graph_module import build_export_graph
 from ..export.options import ExportOptions
 from ..manifest import Manifest, ShapeRange, TapInfo
 from ..models import ARCHS, random_unet, tap_specs
+from ..models.configs import default_image_size
 from ..models.loading import LoadedUNet, resolve_source
 from .torch_backend import TorchBackend
 
@@ -77,7 +78,7 @@ def check_same_checkpoint(loaded: LoadedUNet, manifest: Manifest) -> None:
 def reference_manifest(loaded: LoadedUNet, spec: ReferenceSpec, timestep: float) -> Manifest:
     """A manifest describing the PyTorch reference, so the extractor treats it like an artifact."""
     specs = tap_specs(loaded.unet.config)
-    default = ARCHS[loaded.arch].image_size if loaded.arch in ARCHS else 512
+    default = default_image_size(loaded.arch)
     return Manifest(
         kind="pytorch",
         arch=loaded.arch,

@@ -9,7 +9,8 @@ import torch
 from rich.console import Console
 
 from ..errors import CleanDiftError
-from ..models import ARCHS, TAP_NAMES, check_image_size, get_arch, load_vae
+from ..models import ARCHS, TAP_NAMES, check_image_size, load_vae
+from ..models.configs import default_image_size
 from ..models.loading import LoadedUNet, resolve_source
 from .conditioning import Conditioning
 from .data import RESIZE_MODES, ImageFolder
@@ -44,7 +45,7 @@ def _inputs(
 
 
 def _image_size(teacher: LoadedUNet, requested: int | None) -> int:
-    size = requested or (get_arch(teacher.arch).image_size if teacher.arch in ARCHS else 512)
+    size = requested or default_image_size(teacher.arch)
     check_image_size(size, size)
     return size
 
