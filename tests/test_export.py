@@ -4,6 +4,7 @@ mixed fp16, external data and calibration."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -200,6 +201,48 @@ def test_large_models_use_one_external_file_and_file_based_passes(
     images = random_images(1, 64, 64)
     expected = _image_reference(tiny, tiny_vae, images, ("us6",))
     assert_fp16_agreement(expected["us6"], run_onnx(out, {"image": images})["us6"])
+
+
+def test_weights_left_on_disk_by_the_tracer_are_not_read_while_folding(
+    tiny: LoadedUNet, dynamic_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past 2 GB the tracer writes one file per weight; folding reads only the weights it
+    evaluates (not those that meet activations), and the graph is the in-memory export's."""
+    from cleandift_deploy.export import cleanup, exporter
+    from cleandift_deploy.export.trace import trace_to_onnx
+
+    traced_bytes = []
+
+    def trace_with_weights_on_disk(*args: Any) -> onnx.ModelProto:
+        model = trace_to_onnx(*args)
+        traced_bytes.append(cleanup.weight_bytes(model))
+        path = str(args[-1])
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=False)
+        return onnx.load(path, load_external_data=False)
+
+    held_while_folding = []
+    fold_once = cleanup._fold_once
+    monkeypatch.setattr(exporter, "trace_to_onnx", trace_with_weights_on_disk)
+    monkeypatch.setattr(
+        cleanup,
+        "_fold_once",
+        lambda model: held_while_folding.append(cleanup.weight_bytes(model)) or fold_once(model),
+    )
+    out = tmp_path / "tiny.onnx"
+    options = ExportOptions(
+        taps=TAPS, batch=(1, 2, 3), size_range=((64, 64), (128, 128)), image_size=(64, 64)
+    )
+    manifest = export_onnx(tiny, out, options)
+    assert 0 < max(held_while_folding) < traced_bytes[0] / 10
+    assert (
+        manifest.build["nodes_cleaned"]
+        == Manifest.load(sidecar_path(dynamic_fp32)).build["nodes_cleaned"]
+    )
+    assert not manifest.agreement["failures"]
+    images = random_images(2, 64, 128)
+    expected, found = run_onnx(dynamic_fp32, {"image": images}), run_onnx(out, {"image": images})
+    for tap in TAPS:
+        np.testing.assert_array_equal(found[tap], expected[tap])
 
 
 OVERFLOW_CONV = "down_blocks.1.resnets.0.conv1"

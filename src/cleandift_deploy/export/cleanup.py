@@ -1,6 +1,8 @@
 """Graph clean-up after tracing: constant folding, dead-node removal and shape inference.
 
 The baked timestep makes the whole time embedding constant, so folding removes it from the graph.
+Weights that only ever meet run-time values (convolution and linear weights: nearly all bytes) are
+never read during folding, so a multi-GB graph is folded without copies of its weights.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 PROTOBUF_LIMIT = 2_000_000_000
 log = logging.getLogger(__name__)
@@ -45,16 +48,62 @@ def _fold_once(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
-def fold_and_clean(model: onnx.ModelProto, max_passes: int = 3) -> tuple[onnx.ModelProto, int, int]:
+def constant_values(graph: onnx.GraphProto) -> set[str]:
+    """Names whose values folding may know before any input arrives.
+
+    Initializers, the outputs of Shape and Size (static dimensions fold), and the outputs of nodes
+    (in topological order) that read only such names. Over-counting only reads a weight early.
+    """
+    known = {t.name for t in graph.initializer} | {""}
+    for node in graph.node:
+        if node.op_type in ("Shape", "Size") or all(name in known for name in node.input):
+            known.update(node.output)
+    return known
+
+
+def load_folding_weights(model: onnx.ModelProto, base_dir: Path) -> int:
+    """Read the external initializers that constant folding will evaluate; return how many.
+
+    An initializer read by a node whose inputs are all constant (the prompt, the time-embedding
+    MLP, cross-attention key/value projections of a baked prompt) is needed; the rest stay on disk.
+    """
+    known = constant_values(model.graph)
+    folded_inputs = {
+        name
+        for node in model.graph.node
+        if all(i in known for i in node.input)
+        for name in node.input
+    }
+    loaded = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in folded_inputs and uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(base_dir))
+            loaded += 1
+    return loaded
+
+
+def load_weights(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Read every initializer still on disk into `model`, so it can be converted and saved."""
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(base_dir))
+
+
+def fold_and_clean(
+    model: onnx.ModelProto, base_dir: Path, max_passes: int = 3
+) -> tuple[onnx.ModelProto, int, int]:
     """Fold constants (shapes included, once known) and drop dead nodes until nothing changes;
-    return the shape-inferred graph with node counts before and after."""
+    return the shape-inferred graph, all weights read from `base_dir`, with node counts before and
+    after."""
     before = count = len(model.graph.node)
     for _ in range(max_passes):
+        load_folding_weights(model, base_dir)
         model = _fold_once(model)
         if len(model.graph.node) == count:
             break
         count = len(model.graph.node)
     model = infer_shapes(model)
+    load_weights(model, base_dir)
     after = len(model.graph.node)
     log.info("graph clean-up: %d nodes -> %d nodes", before, after)
     return model, before, after

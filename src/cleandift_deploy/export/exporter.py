@@ -12,8 +12,8 @@ import onnx
 
 from .. import __version__
 from ..errors import CleanDiftError
-from ..manifest import InputInfo, Manifest, TapInfo
-from ..models import tap_specs
+from ..manifest import InputInfo, Manifest
+from ..models import tap_infos
 from ..models.loading import LoadedUNet
 from .agreement import as_record, failures
 from .artifact_files import (
@@ -61,13 +61,12 @@ def _manifest(
     module: ExportGraph,
     **extra: object,
 ) -> Manifest:
-    specs = tap_specs(loaded.unet.config)
     return Manifest(
         kind="onnx",
         arch=loaded.arch,
         source=loaded.source,
         checkpoint_sha256=loaded.checkpoint_sha256,
-        taps=[TapInfo(t, specs[t].channels, specs[t].stride) for t in module.taps],
+        taps=tap_infos(loaded.unet.config, module.taps),
         input=input_info(options.vae),
         batch=plan.batch,
         height=plan.height,
@@ -117,7 +116,7 @@ def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manife
     with staging_folder(out) as folder:
         inputs = sample_inputs(plan, options.vae, options.prompt_input, spec.cross_attention_dim)
         traced = trace_to_onnx(module, inputs, plan, options.opset, folder / "traced.onnx")
-        model, nodes_before, nodes_after = fold_and_clean(traced)
+        model, nodes_before, nodes_after = fold_and_clean(traced, folder)
         del traced
         model, keep = _convert_precision(model, options, calibration)
         staged = folder / out.name

@@ -38,9 +38,7 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.features = features
         self.image_model = (
-            ImageFeatureModel(vae_encoder, features, prompt_embeds)
-            if vae_encoder is not None
-            else None
+            ImageFeatureModel(vae_encoder, features) if vae_encoder is not None else None
         )
         self.has_prompt = prompt_embeds is not None
         if prompt_embeds is not None:

@@ -19,10 +19,10 @@ def trace_to_onnx(
     opset: int,
     path: Path,
 ) -> onnx.ModelProto:
-    """Trace `module` at the inputs' shape and return the graph with its weights loaded.
+    """Trace `module` at the inputs' shape and return the graph, large weights not yet read.
 
-    The exporter writes one file per tensor beside `path` when weights pass 2 GB; they are read
-    back here and saved again as one file at the end.
+    The exporter writes one file per tensor beside `path` when weights pass 2 GB; those stay on
+    disk until `cleanup.fold_and_clean` has folded the graph without them.
     """
     names = module.input_names
     with warnings.catch_warnings(), torch.no_grad():
@@ -38,4 +38,4 @@ def trace_to_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
-    return onnx.load(str(path))
+    return onnx.load(str(path), load_external_data=False)

@@ -6,7 +6,7 @@ from .image_model import ImageFeatureModel, VAEEncoder
 from .loading import LoadedUNet, build_unet, build_vae, load_unet, load_vae, random_unet
 from .prompt import encode_prompt, prompt_embedding, random_prompt_embedding
 from .shapes import check_image_size, check_latent_size
-from .taps import TAP_NAMES, TapSpec, deepest_tap, tap_specs, validate_taps
+from .taps import TAP_NAMES, TapSpec, deepest_tap, tap_infos, tap_specs, validate_taps
 
 __all__ = [
     "ARCHS",
@@ -30,6 +30,7 @@ __all__ = [
     "prompt_embedding",
     "random_prompt_embedding",
     "random_unet",
+    "tap_infos",
     "tap_specs",
     "validate_taps",
 ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CleanDiftError
+from ..manifest import TapInfo
 
 LATENT_STRIDE = 8
 """The VAE's downsampling factor: image pixels per latent cell."""
@@ -82,3 +83,9 @@ def tap_specs(unet_config: Mapping[str, Any]) -> dict[str, TapSpec]:
         stride = LATENT_STRIDE * 2 ** max(n_down - ups_before, 0)
         specs[name] = TapSpec(name, up_channels[site.block], stride)
     return specs
+
+
+def tap_infos(unet_config: Mapping[str, Any], taps: Iterable[str]) -> list[TapInfo]:
+    """The manifest's description of `taps` (name, channels, stride) for this UNet config."""
+    specs = tap_specs(unet_config)
+    return [TapInfo(t, specs[t].channels, specs[t].stride) for t in taps]

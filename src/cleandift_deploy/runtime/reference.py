@@ -13,8 +13,8 @@ from ..errors import CleanDiftError
 from ..export.exporter import input_info, package_versions
 from ..export.graph_module import build_export_graph
 from ..export.options import ExportOptions
-from ..manifest import Manifest, ShapeRange, TapInfo
-from ..models import ARCHS, random_unet, tap_specs
+from ..manifest import Manifest, ShapeRange
+from ..models import ARCHS, random_unet, tap_infos
 from ..models.configs import default_image_size
 from ..models.loading import LoadedUNet, resolve_source
 from .torch_backend import TorchBackend
@@ -77,14 +77,13 @@ def check_same_checkpoint(loaded: LoadedUNet, manifest: Manifest) -> None:
 
 def reference_manifest(loaded: LoadedUNet, spec: ReferenceSpec, timestep: float) -> Manifest:
     """A manifest describing the PyTorch reference, so the extractor treats it like an artifact."""
-    specs = tap_specs(loaded.unet.config)
     default = default_image_size(loaded.arch)
     return Manifest(
         kind="pytorch",
         arch=loaded.arch,
         source=loaded.source,
         checkpoint_sha256=loaded.checkpoint_sha256,
-        taps=[TapInfo(t, specs[t].channels, specs[t].stride) for t in spec.taps],
+        taps=tap_infos(loaded.unet.config, spec.taps),
         input=input_info(spec.vae),
         batch=ShapeRange(1, 1, UNBOUNDED_BATCH),
         height=ShapeRange(64, default, MAX_SIDE),
