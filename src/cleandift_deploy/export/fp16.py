@@ -17,8 +17,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .cleanup import infer_shapes
-
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FLOAT_TYPES = frozenset({FLOAT, HALF})
 FP32_OPS = frozenset(
@@ -194,7 +192,11 @@ def _restore_output_types(rewriter: _Rewriter, model: onnx.ModelProto) -> None:
 
 
 def to_mixed_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> onnx.ModelProto:
-    """The fp16 version of a shape-inferred fp32 graph, with fp32 islands where unsafe."""
+    """The fp16 version of a shape-inferred fp32 graph, with fp32 islands where unsafe.
+
+    The result carries no intermediate types (they changed); the saved file's full check infers
+    them again, without a second in-memory copy of the weights here.
+    """
     name_nodes(model)
     keep_fp32 = fp32_nodes(model, keep)
     rewriter = _Rewriter(model)
@@ -212,4 +214,4 @@ def to_mixed_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> onnx.Mode
     del graph.initializer[:]
     graph.initializer.extend(kept + list(rewriter.half_initializers.values()))
     del graph.value_info[:]
-    return infer_shapes(model)
+    return model
