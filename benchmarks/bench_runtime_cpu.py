@@ -1,9 +1,11 @@
 """CPU speed and memory of image -> us6: ONNX Runtime (tuned, attention fused) vs PyTorch.
 
 For the full SD2.1 architecture with random weights, batch 1, fp32, at 512 and 768 px:
-- timing: one process holds every case; repeats are interleaved (case A, B, C, A, B, C, ...)
-  on the same input, so a noisy, shared machine slows all cases alike; medians and the ratio to
-  PyTorch eager fp32 are reported, with each case's agreement against PyTorch fp32;
+- timing: one process holds every case, ONNX Runtime with a fresh session per size (measured: a
+  session that ran 512 px first ran 768 px 20-30% slower; a deployment serves one size);
+  repeats are interleaved (case A, B, C, A, B, C, ...) on the same input, so a noisy, shared
+  machine slows all cases alike; medians and the ratio to PyTorch eager fp32 are reported, with
+  each case's agreement against PyTorch fp32;
 - memory: each case is built and run three times in a fresh subprocess that reports its peak
   resident memory (`VmHWM`), compared with the size of the graph's weights.
 
@@ -167,12 +169,14 @@ def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, 
     from rich.progress import Progress
 
     module = reference_module(arch)
-    runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
     rng = np.random.default_rng(0)
     results: dict[str, object] = {}
     with Progress() as progress:
-        task = progress.add_task("timing", total=len(sizes) * (repeats + 1) * len(runners))
+        task = progress.add_task("timing", total=len(sizes) * (repeats + 1) * len(TIMED_CASES))
         for size in sizes:
+            runners = {}
+            gc.collect()
+            runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
             image = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
             outputs = {}
             for case, run in runners.items():
