@@ -61,31 +61,19 @@ def constant_values(graph: onnx.GraphProto) -> set[str]:
     return known
 
 
-def load_folding_weights(model: onnx.ModelProto, base_dir: Path) -> int:
-    """Read the external initializers that constant folding will evaluate; return how many.
-
-    An initializer read by a node whose inputs are all constant (the prompt, the time-embedding
-    MLP, cross-attention key/value projections of a baked prompt) is needed; the rest stay on disk.
-    """
-    known = constant_values(model.graph)
-    folded_inputs = {
-        name
-        for node in model.graph.node
-        if all(i in known for i in node.input)
-        for name in node.input
+def folding_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Names read by the nodes constant folding may evaluate (all inputs constant): the prompt,
+    the time-embedding MLP, cross-attention key/value projections of a baked prompt."""
+    known = constant_values(graph)
+    return {
+        name for node in graph.node if all(i in known for i in node.input) for name in node.input
     }
-    loaded = 0
-    for tensor in model.graph.initializer:
-        if tensor.name in folded_inputs and uses_external_data(tensor):
-            load_external_data_for_tensor(tensor, str(base_dir))
-            loaded += 1
-    return loaded
 
 
-def load_weights(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Read every initializer still on disk into `model`, so it can be converted and saved."""
+def load_weights(model: onnx.ModelProto, base_dir: Path, only: set[str] | None = None) -> None:
+    """Read the initializers still on disk (all, or those named in `only`) into `model`."""
     for tensor in model.graph.initializer:
-        if uses_external_data(tensor):
+        if uses_external_data(tensor) and (only is None or tensor.name in only):
             load_external_data_for_tensor(tensor, str(base_dir))
 
 
@@ -97,7 +85,7 @@ def fold_and_clean(
     after."""
     before = count = len(model.graph.node)
     for _ in range(max_passes):
-        load_folding_weights(model, base_dir)
+        load_weights(model, base_dir, only=folding_inputs(model.graph))
         model = _fold_once(model)
         if len(model.graph.node) == count:
             break
