@@ -67,7 +67,10 @@ def test_cli_build_errors(exported: Path, capsys: pytest.CaptureFixture[str]) ->
 
 @pytest.mark.slow
 def test_full_sd21_fp16_graph_builds(tmp_path: Path) -> None:
-    """SD2.1 architecture, random weights, us6, batch 1-2, 512-768 px (minutes, ~16 GB)."""
+    """SD2.1 architecture, random weights, us6, batch 1-2, 512-768 px.
+
+    Minutes; the fp16 export alone peaks near 13 GB.
+    """
     loaded = random_unet("sd21", seed=0)
     out = tmp_path / "sd21-fp16.onnx"
     options = ExportOptions(

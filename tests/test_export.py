@@ -29,6 +29,13 @@ from cleandift_deploy.models.loading import LoadedUNet
 TAPS = ("us3", "us6")
 
 
+def dynamic_options() -> ExportOptions:
+    """Two taps, dynamic batch 1-3 and size 64-128 px, fp32."""
+    return ExportOptions(
+        taps=TAPS, batch=(1, 2, 3), size_range=((64, 64), (128, 128)), image_size=(64, 64)
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_vae() -> torch.nn.Module:
     """The VAE a random-init tiny export uses (seed 0)."""
@@ -39,10 +46,7 @@ def tiny_vae() -> torch.nn.Module:
 def dynamic_fp32(tiny: LoadedUNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny model, two taps, dynamic batch 1-3 and size 64-128 px, fp32."""
     out = tmp_path_factory.mktemp("fp32") / "tiny.onnx"
-    options = ExportOptions(
-        taps=TAPS, batch=(1, 2, 3), size_range=((64, 64), (128, 128)), image_size=(64, 64)
-    )
-    export_onnx(tiny, out, options)
+    export_onnx(tiny, out, dynamic_options())
     return out
 
 
@@ -229,10 +233,7 @@ def test_weights_left_on_disk_by_the_tracer_are_not_read_while_folding(
         lambda model: held_while_folding.append(cleanup.weight_bytes(model)) or fold_once(model),
     )
     out = tmp_path / "tiny.onnx"
-    options = ExportOptions(
-        taps=TAPS, batch=(1, 2, 3), size_range=((64, 64), (128, 128)), image_size=(64, 64)
-    )
-    manifest = export_onnx(tiny, out, options)
+    manifest = export_onnx(tiny, out, dynamic_options())
     assert 0 < max(held_while_folding) < traced_bytes[0] / 10
     assert (
         manifest.build["nodes_cleaned"]
