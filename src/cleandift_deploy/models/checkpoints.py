@@ -8,8 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import CleanDiftError
@@ -33,9 +32,22 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             "convert it to safetensors"
         )
     try:
-        return load_file(str(path))
+        return read_aligned(path)[0]
     except (SafetensorError, OSError, ValueError) as err:
         raise CleanDiftError(f"cannot read {path} as safetensors ({err}): re-download it") from None
+
+
+def read_aligned(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file in fresh, aligned memory, and the file's metadata.
+
+    `get_tensor` can return tensors at unaligned addresses; vectorised CPU kernels then sum in
+    another order and the last bit of a result depends on where the file put the tensor (seen on
+    AVX-512 CPUs without AMX). A copy per tensor makes loaded weights compute like fresh ones.
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}  # noqa: SIM118
+    return tensors, metadata
 
 
 def weight_files(folder: Path) -> list[Path]:

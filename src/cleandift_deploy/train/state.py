@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
 from ..errors import CleanDiftError
-from ..models.checkpoints import load_strict
+from ..models.checkpoints import load_strict, read_aligned
 from .distill import Distiller
 
 STATE_FORMAT = "cleandift-deploy-train-state/1"
@@ -135,9 +135,7 @@ def read_state(path: Path) -> SavedState:
     if not path.is_file():
         raise CleanDiftError(f"no training state at {path}: run without --resume to start one")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        tensors, metadata = read_aligned(path)
     except (SafetensorError, OSError, ValueError) as err:
         raise CleanDiftError(f"cannot read the training state {path} ({err})") from None
     if metadata.get("format") != STATE_FORMAT:
