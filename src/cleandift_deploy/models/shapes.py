@@ -27,6 +27,11 @@ def _check_multiple(what: str, height: int, width: int, multiple: int, note: str
     )
 
 
+def check_multiple(what: str, height: int, width: int, multiple: int) -> None:
+    """Fail with the nearest valid sizes when a side is not a positive multiple of `multiple`."""
+    _check_multiple(what, height, width, multiple)
+
+
 def check_image_size(height: int, width: int) -> None:
     """Fail with the nearest valid sizes when an image side is not a multiple of 64."""
     _check_multiple("image", height, width, IMAGE_MULTIPLE)
