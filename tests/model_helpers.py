@@ -1,4 +1,5 @@
-"""Reference taps from forward hooks on the full diffusers UNet, and small test configs."""
+"""Reference taps from forward hooks on the full diffusers UNet (residual-branch taps: hooks on
+the ResNet's conv2), and small test configs."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def _tap_module(unet: UNet2DConditionModel, name: str) -> torch.nn.Module:
     block = unet.up_blocks[site.block]
     if site.layer is None:
         return block
+    if site.branch:
+        return block.resnets[site.layer].conv2
     layers = block.attentions if getattr(block, "attentions", None) is not None else block.resnets
     return layers[site.layer]
 

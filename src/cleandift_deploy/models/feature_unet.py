@@ -14,8 +14,9 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..errors import CleanDiftError
+from .resnet_branch import check_plain_resnet, resnet_with_branch
 from .shapes import check_channels, check_latent_size
-from .taps import TAP_SITES, validate_taps
+from .taps import TAP_SITES, deepest_tap, validate_taps
 
 DEFAULT_TIMESTEP = 261.0
 """CleanDIFT's initial (and, for `*_unet` checkpoints, assumed) timestep."""
@@ -37,14 +38,23 @@ def is_tracing() -> bool:
 class UpStage(nn.Module):
     """The first `n_layers` layers of one up block, and its upsampler when a tap needs it.
 
-    `n_skips` is the full block's skip count, so the stage takes the right skip tensors.
+    `n_skips` is the full block's skip count, so the stage takes the right skip tensors. With
+    `last_attention=False` the last layer's attention is dropped (the deepest tap is that layer's
+    ResNet residual branch).
     """
 
-    def __init__(self, block: Any, n_layers: int, upsample: bool) -> None:
+    def __init__(
+        self, block: Any, n_layers: int, upsample: bool, last_attention: bool = True
+    ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(block.resnets[:n_layers])
+        for resnet in self.resnets:
+            check_plain_resnet(resnet)
         attentions = getattr(block, "attentions", None)
-        self.attentions = nn.ModuleList(attentions[:n_layers]) if attentions is not None else None
+        n_attentions = n_layers if last_attention else n_layers - 1
+        self.attentions = (
+            nn.ModuleList(attentions[:n_attentions]) if attentions is not None else None
+        )
         self.upsamplers = block.upsamplers if upsample else None
         self.n_skips: int = len(block.resnets)
 
@@ -54,12 +64,16 @@ class UpStage(nn.Module):
         skips: Sequence[torch.Tensor],
         temb: torch.Tensor,
         context: torch.Tensor,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run the kept layers; return the stage output and each layer's output."""
-        layer_outputs = []
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Run the kept layers; return the stage output, each complete layer's output and each
+        ResNet's residual branch."""
+        layer_outputs, branches = [], []
         for i, resnet in enumerate(self.resnets):
-            hidden = resnet(torch.cat([hidden, skips[-1 - i]], dim=1), temb)
+            hidden, branch = resnet_with_branch(resnet, torch.cat([hidden, skips[-1 - i]], 1), temb)
+            branches.append(branch)
             if self.attentions is not None:
+                if i >= len(self.attentions):
+                    break
                 hidden = self.attentions[i](
                     hidden, encoder_hidden_states=context, return_dict=False
                 )[0]
@@ -67,7 +81,7 @@ class UpStage(nn.Module):
         if self.upsamplers is not None:
             for upsampler in self.upsamplers:
                 hidden = upsampler(hidden)
-        return hidden, layer_outputs
+        return hidden, layer_outputs, branches
 
 
 def _check_supported(unet: UNet2DConditionModel) -> None:
@@ -80,20 +94,23 @@ def _check_supported(unet: UNet2DConditionModel) -> None:
 
 
 def _build_stages(unet: UNet2DConditionModel, taps: tuple[str, ...]) -> nn.ModuleList:
-    deepest = TAP_SITES[taps[-1]]
+    deepest_name = deepest_tap(taps)
+    deepest = TAP_SITES[deepest_name]
     stages = nn.ModuleList()
     for index in range(deepest.block + 1):
         if index >= len(unet.up_blocks):
-            raise CleanDiftError(f"tap {taps[-1]} needs up block {index}; this UNet has fewer")
+            raise CleanDiftError(f"tap {deepest_name} needs up block {index}; this UNet has fewer")
         block = unet.up_blocks[index]
         last = index == deepest.block
         n_layers = deepest.layer + 1 if last and deepest.layer is not None else len(block.resnets)
         upsample = not (last and deepest.layer is not None)
+        if n_layers > len(block.resnets):
+            raise CleanDiftError(f"tap {deepest_name} needs a ResNet up block {index} lacks")
         if upsample and block.upsamplers is None:
             raise CleanDiftError(
-                f"tap {taps[-1]} reads after up block {index}'s upsampler; it has none"
+                f"tap {deepest_name} reads after up block {index}'s upsampler; it has none"
             )
-        stages.append(UpStage(block, n_layers, upsample))
+        stages.append(UpStage(block, n_layers, upsample, not (last and deepest.branch)))
     return stages
 
 
@@ -133,7 +150,7 @@ class FeatureUNet(nn.Module):
         encoder_hidden_states: torch.Tensor,
         timestep: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The requested taps, in canonical order (`mid`, `us1`, ... `us10`)."""
+        """The requested taps, in canonical order (`mid`, `us1` .. `us10`, `res0_0` .. `res3_2`)."""
         if not is_tracing():
             self.check_inputs(latents, encoder_hidden_states)
         batch = latents.shape[0]
@@ -153,10 +170,13 @@ class FeatureUNet(nn.Module):
             stage = cast(UpStage, module)
             block_skips = skips[-stage.n_skips :]
             skips = skips[: -stage.n_skips]
-            hidden, layers = stage(hidden, block_skips, temb, context)
+            hidden, layers, branches = stage(hidden, block_skips, temb, context)
             for name, site in TAP_SITES.items():
                 if site.block == index:
-                    if site.layer is None:
+                    if site.branch:
+                        if site.layer is not None and site.layer < len(branches):
+                            found[name] = branches[site.layer]
+                    elif site.layer is None:
                         found[name] = hidden
                     elif site.layer < len(layers):
                         found[name] = layers[site.layer]

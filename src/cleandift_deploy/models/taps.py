@@ -2,6 +2,8 @@
 
 Names follow the CleanDIFT code: `mid` is the mid block's output; `us1`..`us10` walk the up blocks,
 three per block (two layer outputs, then the block's output after its upsampler).
+`resI_J` is the residual branch of `up_blocks[I].resnets[J]` (conv2's output, before the shortcut
+is added): the 12 maps Diffusion Hyperfeatures aggregates.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ LATENT_STRIDE = 8
 @dataclass(frozen=True)
 class TapSite:
     """Where a tap is read: `block` is the up block index (-1 for the mid block), `layer` the
-    resnet(+attention) index inside it, or None for the block's output after the upsampler."""
+    resnet(+attention) index inside it, or None for the block's output after the upsampler;
+    `branch` reads that layer's ResNet residual branch instead of the layer's output."""
 
     block: int
     layer: int | None
+    branch: bool = False
+
+    def depth(self) -> tuple[int, int]:
+        """Position in forward order: a deeper site needs more of the UNet to run."""
+        if self.layer is None:
+            return (self.block, 1 << 16)
+        return (self.block, 2 * self.layer + (0 if self.branch else 1))
 
 
 TAP_SITES: dict[str, TapSite] = {
@@ -40,6 +50,11 @@ TAP_SITES: dict[str, TapSite] = {
     "us10": TapSite(3, 0),
 }
 TAP_NAMES: tuple[str, ...] = tuple(TAP_SITES)
+"""The CleanDIFT taps (the default set for distillation)."""
+RESNET_TAP_NAMES: tuple[str, ...] = tuple(f"res{i}_{j}" for i in range(4) for j in range(3))
+"""ResNet residual-branch taps `res0_0` .. `res3_2`, in forward order."""
+TAP_SITES.update({name: TapSite(int(name[3]), int(name[5]), True) for name in RESNET_TAP_NAMES})
+ALL_TAP_NAMES: tuple[str, ...] = TAP_NAMES + RESNET_TAP_NAMES
 
 
 @dataclass(frozen=True)
@@ -54,19 +69,18 @@ class TapSpec:
 def validate_taps(taps: Iterable[str]) -> tuple[str, ...]:
     """The taps in canonical order, without duplicates; unknown names fail listing valid ones."""
     taps = tuple(taps)
+    valid = f"{', '.join(TAP_NAMES)}, res0_0 .. res3_2"
     if not taps:
-        raise CleanDiftError(f"no taps requested: choose from {', '.join(TAP_NAMES)}")
+        raise CleanDiftError(f"no taps requested: choose from {valid}")
     unknown = [t for t in taps if t not in TAP_SITES]
     if unknown:
-        raise CleanDiftError(
-            f"unknown tap {', '.join(map(repr, unknown))}: valid taps are {', '.join(TAP_NAMES)}"
-        )
-    return tuple(t for t in TAP_NAMES if t in taps)
+        raise CleanDiftError(f"unknown tap {', '.join(map(repr, unknown))}: valid taps are {valid}")
+    return tuple(t for t in ALL_TAP_NAMES if t in taps)
 
 
 def deepest_tap(taps: Iterable[str]) -> str:
     """The last tap in forward order: the graph stops there."""
-    return validate_taps(taps)[-1]
+    return max(validate_taps(taps), key=lambda name: TAP_SITES[name].depth())
 
 
 def tap_specs(unet_config: Mapping[str, Any]) -> dict[str, TapSpec]:
