@@ -37,7 +37,10 @@ class InputInfo:
     layout: str = "NCHW"
     value_range: tuple[float, float] = (0.0, 255.0)
     resize: str = "squash"
-    """How the runtime fits an image to the graph's size: "squash" (as the references) or "pad"."""
+    """How the runtime fits an image to the graph's size: "squash" (as the references), "pad"
+    or "letterbox" (DINOv2: aspect kept, centred, zero-padded)."""
+    multiple: int = 64
+    """Image sides must be multiples of this (64 for SD graphs, the patch size 14 for DINOv2)."""
 
 
 @dataclass
