@@ -6,7 +6,9 @@ uint8 RGB path, so every backend sees identical pixels. Two resize policies:
 - "squash": resize to the model's H x W regardless of aspect, as the DIFT / CleanDIFT references do;
 - "pad": keep the aspect ratio, fit inside H x W, place at the top-left corner and fill the rest
   with mid grey (0 in the model's [-1,1] range), so a feature cell's position is simply the pixel
-  position times the scale.
+  position times the scale;
+- "letterbox": keep the aspect ratio, fit inside H x W, centre it and fill the rest with black
+  (pixel value 0), as sd-dino and GeoAware-SC feed DINOv2 and SD (METHODS.md §2).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from ..errors import CleanDiftError
 from ..manifest import InputInfo
 from .images import pil_to_rgb
 
-RESIZE_POLICIES = ("squash", "pad")
+RESIZE_POLICIES = ("squash", "pad", "letterbox")
 PAD_VALUE = 128
+LETTERBOX_VALUE = 0
 FLOAT_TOLERANCE = 1e-3
 """How far outside [-1, 1] a float batch may stray (rounding) before it is refused."""
 
@@ -34,10 +37,12 @@ ImageInput = Image.Image | np.ndarray | torch.Tensor
 @dataclass(frozen=True)
 class Placement:
     """Where one image landed on the model's canvas: its original size and the size of the
-    region it covers (the whole canvas for "squash", the top-left fitted part for "pad")."""
+    region it covers (the whole canvas for "squash", the top-left fitted part for "pad"),
+    and that region's top-left corner (H, W offsets; non-zero only for "letterbox")."""
 
     original: tuple[int, int]
     content: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -130,9 +135,14 @@ def fit(rgb: np.ndarray, size: tuple[int, int], policy: str) -> tuple[np.ndarray
         min(height, max(1, round(original[0] * scale))),
         min(width, max(1, round(original[1] * scale))),
     )
-    canvas = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[: content[0], : content[1]] = _resize(rgb, *content)
-    return canvas, Placement(original, content)
+    offset = (0, 0)
+    if policy == "letterbox":
+        offset = ((height - content[0]) // 2, (width - content[1]) // 2)
+    fill = LETTERBOX_VALUE if policy == "letterbox" else PAD_VALUE
+    canvas = np.full((height, width, 3), fill, dtype=np.uint8)
+    top, left = offset
+    canvas[top : top + content[0], left : left + content[1]] = _resize(rgb, *content)
+    return canvas, Placement(original, content, offset)
 
 
 def prepare(
