@@ -13,7 +13,8 @@ import torch
 
 from ..errors import CleanDiftError
 from ..manifest import Manifest
-from ..models import check_image_size, validate_taps
+from ..models import validate_taps
+from ..models.shapes import check_multiple
 from ..models.taps import LATENT_STRIDE
 
 
@@ -27,6 +28,9 @@ def select_taps(manifest: Manifest, taps: Sequence[str] | None) -> tuple[str, ..
     available = manifest.tap_names
     if taps is None:
         return available
+    asked = set(taps)
+    if asked and asked <= set(available):
+        return tuple(t for t in available if t in asked)
     wanted = validate_taps(taps)
     missing = [t for t in wanted if t not in available]
     if missing:
@@ -40,7 +44,7 @@ def select_taps(manifest: Manifest, taps: Sequence[str] | None) -> tuple[str, ..
 def resolve_image_size(manifest: Manifest, size: tuple[int, int] | None) -> tuple[int, int]:
     """The H x W images are fitted to: `size`, or the manifest's optimal size, inside its range."""
     height, width = size if size is not None else (manifest.height.opt, manifest.width.opt)
-    check_image_size(height, width)
+    check_multiple("image", height, width, manifest.input.multiple)
     if not (manifest.height.contains(height) and manifest.width.contains(width)):
         raise CleanDiftError(
             f"image size {height}x{width} is outside the model's range "
