@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.dinov2 import DinoFeatures
 from .agreement import TapAgreement, compare_outputs
 from .artifact_runners import Batches, run_onnx
 from .graph_module import ExportGraph
@@ -36,7 +37,9 @@ def concat_runs(runs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def reference_outputs(module: ExportGraph, batches: Batches) -> dict[str, np.ndarray]:
+def reference_outputs(
+    module: ExportGraph | DinoFeatures, batches: Batches
+) -> dict[str, np.ndarray]:
     """The fp32 PyTorch module's outputs, by tap name, over all batches."""
     runs = []
     for feeds in batches:
@@ -45,6 +48,8 @@ def reference_outputs(module: ExportGraph, batches: Batches) -> dict[str, np.nda
     return concat_runs(runs)
 
 
-def measure_agreement(path: Path, module: ExportGraph, batches: Batches) -> dict[str, TapAgreement]:
+def measure_agreement(
+    path: Path, module: ExportGraph | DinoFeatures, batches: Batches
+) -> dict[str, TapAgreement]:
     """Per-tap agreement of the ONNX graph at `path` with `module` on the same inputs."""
     return compare_outputs(reference_outputs(module, batches), concat_runs(run_onnx(path, batches)))

@@ -8,12 +8,13 @@ from pathlib import Path
 import onnx
 import torch
 
+from ..models.dinov2 import DinoFeatures
 from .graph_module import ExportGraph
 from .shapes import ShapePlan, dynamic_axes
 
 
 def trace_to_onnx(
-    module: ExportGraph,
+    module: ExportGraph | DinoFeatures,
     inputs: tuple[torch.Tensor, ...],
     plan: ShapePlan,
     opset: int,

@@ -1,0 +1,263 @@
+"""DINOv2 as a second backbone: ViT-S/B/L/G /14 from transformers, cut after one block.
+
+The feature is what sd-dino and GeoAware-SC read (METHODS.md §2): the output of one block (block
+11 of ViT-B; by default the last block of every size) BEFORE the final LayerNorm, with the CLS
+token and any register tokens dropped, laid out as a grid `[B, C, H/14, W/14]`. The module takes
+uint8 images and applies ImageNet mean/std inside, so an exported graph takes bytes as the UNet
+graphs do. Position embeddings are interpolated by transformers (bicubic to the patch grid), which
+traces into the graph, so one export serves every multiple of 14 in its size range.
+
+transformers' `Dinov2Model` is used (timm is not a dependency; transformers is, and its model is
+the one the official weights are converted to by `convert-dinov2`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CleanDiftError
+from .checkpoints import load_strict, read_folder_weights, read_safetensors, sha256_of, weight_files
+
+PATCH = 14
+DINO_TAP = "dino"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_DINO_SIZE = 840
+"""sd-dino / GeoAware input side: 840 px letterboxed -> a 60 x 60 grid."""
+POSITION_GRID = 518
+"""The official checkpoints' position embeddings cover 518 px (37 x 37 patches)."""
+RANDOM_PREFIX = "random-init:"
+SEED_PREFIX = "random-init-seed"
+
+
+@dataclass(frozen=True)
+class DinoArch:
+    """One DINOv2 size: width, depth, heads, FFN kind and register tokens."""
+
+    name: str
+    hidden_size: int
+    layers: int
+    heads: int
+    swiglu: bool = False
+    registers: int = 0
+    position_size: int = POSITION_GRID
+    image_size: int = DEFAULT_DINO_SIZE
+
+    def config(self) -> dict[str, Any]:
+        """The transformers config (Dinov2Config / Dinov2WithRegistersConfig keyword arguments)."""
+        config: dict[str, Any] = {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "mlp_ratio": 4,
+            "image_size": self.position_size,
+            "patch_size": PATCH,
+            "use_swiglu_ffn": self.swiglu,
+            "layerscale_value": 1.0,
+            "layer_norm_eps": 1e-6,
+        }
+        if self.registers:
+            config["num_register_tokens"] = self.registers
+        return config
+
+
+def _family(size: str, hidden: int, layers: int, heads: int, swiglu: bool) -> list[DinoArch]:
+    return [
+        DinoArch(f"dinov2_vit{size}14", hidden, layers, heads, swiglu),
+        DinoArch(f"dinov2_vit{size}14_reg", hidden, layers, heads, swiglu, registers=4),
+    ]
+
+
+DINO_ARCHS: dict[str, DinoArch] = {
+    a.name: a
+    for a in (
+        *_family("s", 384, 12, 6, False),
+        *_family("b", 768, 12, 12, False),
+        *_family("l", 1024, 24, 16, False),
+        *_family("g", 1536, 40, 24, True),
+        DinoArch("dinov2_tiny", 32, 2, 2, position_size=56, image_size=84),
+        DinoArch("dinov2_tiny_reg", 32, 2, 2, registers=2, position_size=56, image_size=84),
+    )
+}
+"""The official sizes (with and without registers) and a tiny one for tests."""
+
+
+def is_dinov2(arch: str) -> bool:
+    """Whether a manifest's arch names a DINOv2 backbone."""
+    return arch.startswith("dinov2")
+
+
+def get_dino_arch(name: str) -> DinoArch:
+    """The named DINOv2 size, or a one-line error listing them."""
+    try:
+        return DINO_ARCHS[name]
+    except KeyError:
+        raise CleanDiftError(
+            f"unknown DINOv2 architecture {name!r}: use one of {', '.join(DINO_ARCHS)}"
+        ) from None
+
+
+def build_backbone(config: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """A transformers DINOv2 (with registers when the config asks) with initial weights."""
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
+
+    public = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device(device):
+        if public.get("num_register_tokens", 0):
+            return Dinov2WithRegistersModel(
+                Dinov2WithRegistersConfig(**public, attn_implementation="sdpa")
+            )
+        public.pop("num_register_tokens", None)
+        return Dinov2Model(Dinov2Config(**public, attn_implementation="sdpa"))
+
+
+@dataclass
+class LoadedDino:
+    """A DINOv2 backbone with where it came from, as manifests need."""
+
+    model: nn.Module
+    arch: str
+    source: str
+    checkpoint_sha256: str
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer blocks."""
+        return len(self.model.encoder.layer)  # type: ignore[arg-type,union-attr]
+
+
+def random_dino(arch: str, seed: int = 0) -> LoadedDino:
+    """A named DINOv2 size with random weights, reproducible by seed."""
+    spec = get_dino_arch(arch)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_backbone(spec.config())
+    return LoadedDino(model.eval(), arch, f"{RANDOM_PREFIX}{arch}", f"{SEED_PREFIX}{seed}")
+
+
+def _identify(state: dict[str, torch.Tensor]) -> str:
+    for name, spec in DINO_ARCHS.items():
+        expected = build_backbone(spec.config(), "meta").state_dict()
+        if expected.keys() == state.keys() and all(
+            expected[k].shape == state[k].shape for k in expected
+        ):
+            return name
+    raise CleanDiftError(
+        "cannot tell the DINOv2 size of these weights: pass --arch "
+        f"({', '.join(DINO_ARCHS)}) or put transformers' config.json beside them"
+    )
+
+
+def _folder_config(folder: Path) -> dict[str, Any]:
+    try:
+        config = dict(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError) as err:
+        raise CleanDiftError(f"cannot read {folder / 'config.json'} ({err})") from None
+    if config.get("model_type") not in (None, "dinov2", "dinov2_with_registers"):
+        raise CleanDiftError(f"{folder} holds a {config['model_type']} model, not DINOv2")
+    return config
+
+
+def _arch_of_config(config: dict[str, Any]) -> str:
+    for name, spec in DINO_ARCHS.items():
+        ours = spec.config()
+        if all(config.get(k, ours[k]) == ours[k] for k in ("hidden_size", "num_hidden_layers")):
+            if config.get("num_register_tokens", 0) == spec.registers:
+                return name
+    return "dinov2_custom"
+
+
+def load_dino(source: str | Path, *, arch: str | None = None) -> LoadedDino:
+    """DINOv2 weights from a transformers folder (config.json + safetensors) or one safetensors
+    file with transformers' key names (e.g. written by `convert-dinov2`); pickles are refused."""
+    path = Path(source)
+    if not path.exists():
+        raise CleanDiftError(f"{path} does not exist: give a DINOv2 folder or .safetensors file")
+    if path.is_dir():
+        config = _folder_config(path)
+        state, files = read_folder_weights(path), weight_files(path)
+        name = arch or _arch_of_config(config)
+    else:
+        state, files = read_safetensors(path), [path]
+        state = {k.removeprefix("dinov2."): v for k, v in state.items()}
+        name = arch or _identify(state)
+        config = get_dino_arch(name).config()
+    model = build_backbone(config, "meta")
+    load_strict(model, state, f"DINOv2 weights {path.name}")
+    return LoadedDino(model.eval(), name, str(path), sha256_of(files))
+
+
+def resolve_dino(
+    source: str | Path | None, *, arch: str | None = None, random_init: bool = False, seed: int = 0
+) -> LoadedDino:
+    """What a CLI names: weights to load, or `--arch NAME --random-init`."""
+    if random_init:
+        if source is not None:
+            raise CleanDiftError("give either SOURCE or --random-init, not both")
+        if arch is None:
+            raise CleanDiftError(f"--random-init needs --arch ({', '.join(DINO_ARCHS)})")
+        return random_dino(arch, seed)
+    if source is None:
+        raise CleanDiftError("give DINOv2 weights (folder or .safetensors), or --random-init")
+    return load_dino(source, arch=arch)
+
+
+def check_dino_size(height: int, width: int) -> None:
+    """Fail with the nearest valid sizes when a side is not a positive multiple of 14."""
+    from .shapes import check_multiple
+
+    check_multiple("image", height, width, PATCH)
+
+
+class DinoFeatures(nn.Module):
+    """`image uint8 [B,3,H,W] -> (tokens [B,C,H/14,W/14],)`: one block's output, pre-norm.
+
+    Only the blocks up to `layer` are held, so the graph (and the weights) stop there. Outputs
+    are a one-tuple in the order of `taps`, like the UNet's export module.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, loaded: LoadedDino, layer: int | None = None) -> None:
+        super().__init__()
+        depth = loaded.num_layers
+        self.layer = depth - 1 if layer is None else int(layer)
+        if not 0 <= self.layer < depth:
+            raise CleanDiftError(
+                f"layer {self.layer} does not exist: {loaded.arch} has blocks 0..{depth - 1}"
+            )
+        model: Any = loaded.model
+        self.embeddings = model.embeddings
+        self.blocks = nn.ModuleList(list(model.encoder.layer)[: self.layer + 1])
+        self.skip = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.channels = int(model.config.hidden_size)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+    taps: tuple[str, ...] = (DINO_TAP,)
+    input_names: list[str] = ["image"]  # noqa: RUF012 - read-only, the graph's input names
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor]:
+        """Token grid of a uint8 (or 0..255 float) image batch whose sides are multiples of 14."""
+        x = (image.to(torch.float32) - self.mean) / self.std
+        hidden = self.embeddings(x)
+        for block in self.blocks:
+            hidden = block(hidden)
+        tokens = hidden[:, self.skip :]
+        batch = image.shape[0]
+        grid = tokens.transpose(1, 2).reshape(
+            batch, self.channels, image.shape[2] // PATCH, image.shape[3] // PATCH
+        )
+        return (grid,)
