@@ -11,6 +11,7 @@ from .errors import CleanDiftError
 from .export.commands import COMMANDS as EXPORT_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
 from .runtime.commands import COMMANDS as RUNTIME_COMMANDS
+from .serve.triton_commands import COMMANDS as TRITON_COMMANDS
 from .train.commands import COMMANDS as TRAIN_COMMANDS
 
 
@@ -20,7 +21,13 @@ def cli() -> None:
     """CleanDIFT diffusion features: export, build, run and match."""
 
 
-for command in (*MODEL_COMMANDS, *EXPORT_COMMANDS, *RUNTIME_COMMANDS, *TRAIN_COMMANDS):
+for command in (
+    *MODEL_COMMANDS,
+    *EXPORT_COMMANDS,
+    *RUNTIME_COMMANDS,
+    *TRAIN_COMMANDS,
+    *TRITON_COMMANDS,
+):
     cli.add_command(command)
 
 

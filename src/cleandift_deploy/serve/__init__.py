@@ -1,0 +1,1 @@
+"""Serving: Triton model repositories, a Ray Serve endpoint, Ray Data batch extraction."""
