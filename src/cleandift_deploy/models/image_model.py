@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import CleanDiftError
 from .feature_unet import FeatureUNet, is_tracing
+from .noise import EnsembleNoiser
 from .shapes import check_channels, check_image_size
 
 
@@ -29,17 +30,30 @@ class VAEEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Scaled posterior mean of the image's latent distribution."""
+        moments = self._moments(image)
+        mean = moments[:, : self.latent_channels]
+        return (mean - self.shift_factor) * self.scaling_factor
+
+    def posterior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled posterior mean and std (log-variance clamped to [-30, 20] as diffusers does):
+        `mean + std * eps` is a posterior sample in latent units."""
+        moments = self._moments(image)
+        mean, logvar = moments[:, : self.latent_channels], moments[:, self.latent_channels :]
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        return (mean - self.shift_factor) * self.scaling_factor, std * self.scaling_factor
+
+    def _moments(self, image: torch.Tensor) -> torch.Tensor:
         moments = self.encoder(image)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
-        mean = moments[:, : self.latent_channels]
-        return (mean - self.shift_factor) * self.scaling_factor
+        return moments
 
 
 class ImageFeatureModel(nn.Module):
     """`image [B,3,H,W] in [-1,1] -> {tap: features}`: VAE encoder, then the truncated UNet.
 
     The prompt embedding is baked (`prompt_embeds [1,S,D]`) or, when None, passed to `forward`.
+    With a `noiser` the UNet sees noisy copies of each latent and the taps are their mean (DIFT).
     """
 
     prompt_embeds: torch.Tensor
@@ -49,10 +63,12 @@ class ImageFeatureModel(nn.Module):
         vae_encoder: VAEEncoder,
         features: FeatureUNet,
         prompt_embeds: torch.Tensor | None = None,
+        noiser: EnsembleNoiser | None = None,
     ) -> None:
         super().__init__()
         self.vae_encoder = vae_encoder
         self.features = features
+        self.noiser = noiser
         self.has_prompt = prompt_embeds is not None
         if prompt_embeds is not None:
             self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
@@ -75,8 +91,10 @@ class ImageFeatureModel(nn.Module):
             if not self.has_prompt:
                 raise CleanDiftError("this model has no baked prompt: pass encoder_hidden_states")
             encoder_hidden_states = self.prompt_embeds.to(image.dtype)
-        latents = self.vae_encoder(image)
-        return self.features(latents, encoder_hidden_states, timestep)
+        if self.noiser is None:
+            return self.features(self.vae_encoder(image), encoder_hidden_states, timestep)
+        noisy = self.noiser(*self.vae_encoder.posterior(image))
+        return self.noiser.average(self.features(noisy, encoder_hidden_states, timestep))
 
     def check_image(self, image: torch.Tensor) -> None:
         """One-line errors for wrong ranks, channel counts and sizes."""
