@@ -180,6 +180,20 @@ def match_query_points(
     """Match source points into the target; see ``cleandift_deploy.kernels.match_points``."""
     field = prepare_target(tgt, tgt_size, upsample)
     queries = source_vectors(src, points, src_size, upsample)
+    return match_prepared(field, queries, tgt_size, mode=mode, radius=radius, beta=beta)
+
+
+def match_prepared(
+    field: TargetField,
+    queries: torch.Tensor,
+    tgt_size: tuple[int, int],
+    *,
+    mode: str,
+    radius: int,
+    beta: float,
+) -> PointMatches:
+    """Match unit query vectors [K, C] (``source_vectors``) into a target prepared once by
+    ``prepare_target``: an evaluation reuses one field for every pair sharing that target."""
     out_xy, out_s = [], []
     for chunk in queries.split(QUERY_CHUNK):
         dots = chunk @ field.feat
