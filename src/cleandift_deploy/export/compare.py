@@ -9,10 +9,12 @@ from pathlib import Path
 from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
 from ..models import load_unet, random_unet
+from ..models.dinov2 import DinoFeatures, is_dinov2
 from ..models.loading import LoadedUNet
 from .agreement import TapAgreement, compare_outputs, failures
 from .artifact_files import read_manifest_metadata
-from .artifact_runners import run_artifact
+from .artifact_runners import Batches, run_artifact
+from .dinov2_export import dino_batches, dino_reference_module
 from .golden import load_golden, save_golden
 from .graph_module import IMAGE_INPUT, ExportGraph, build_export_graph
 from .measure import agreement_batches, concat_runs, reference_outputs
@@ -72,6 +74,17 @@ def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
     return build_export_graph(loaded, options).module
 
 
+def _reference_and_inputs(
+    manifest: Manifest, reference: str | None
+) -> tuple[ExportGraph | DinoFeatures, Batches]:
+    """The fp32 module (UNet graph or DINOv2) and fresh random inputs at the optimisation size."""
+    plan = ShapePlan(manifest.batch, manifest.height, manifest.width)
+    if is_dinov2(manifest.arch):
+        return dino_reference_module(manifest, reference), dino_batches(plan)
+    module = reference_module(manifest, reference)
+    return module, agreement_batches(plan, module)
+
+
 def compare_artifact(
     path: Path,
     reference: str | None = None,
@@ -85,9 +98,7 @@ def compare_artifact(
     if golden_dir is not None:
         batches, expected = load_golden(golden_dir)
     else:
-        module = reference_module(manifest, reference)
-        plan = ShapePlan(manifest.batch, manifest.height, manifest.width)
-        batches = agreement_batches(plan, module)
+        module, batches = _reference_and_inputs(manifest, reference)
         expected = [reference_outputs(module, [b]) for b in batches]
         if save_golden_dir is not None:
             save_golden(save_golden_dir, batches, expected)

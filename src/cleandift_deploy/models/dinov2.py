@@ -172,9 +172,9 @@ def _folder_config(folder: Path) -> dict[str, Any]:
 def _arch_of_config(config: dict[str, Any]) -> str:
     for name, spec in DINO_ARCHS.items():
         ours = spec.config()
-        if all(config.get(k, ours[k]) == ours[k] for k in ("hidden_size", "num_hidden_layers")):
-            if config.get("num_register_tokens", 0) == spec.registers:
-                return name
+        same = all(config.get(k, ours[k]) == ours[k] for k in ("hidden_size", "num_hidden_layers"))
+        if same and config.get("num_register_tokens", 0) == spec.registers:
+            return name
     return "dinov2_custom"
 
 
