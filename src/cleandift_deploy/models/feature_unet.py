@@ -14,6 +14,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..errors import CleanDiftError
+from .freeu import FreeU, FreeUStage
 from .resnet_branch import check_plain_resnet, resnet_with_branch
 from .shapes import check_channels, check_latent_size
 from .taps import TAP_SITES, deepest_tap, validate_taps
@@ -57,6 +58,7 @@ class UpStage(nn.Module):
         )
         self.upsamplers = block.upsamplers if upsample else None
         self.n_skips: int = len(block.resnets)
+        self.freeu: FreeUStage | None = None
 
     def forward(
         self,
@@ -69,7 +71,10 @@ class UpStage(nn.Module):
         ResNet's residual branch."""
         layer_outputs, branches = [], []
         for i, resnet in enumerate(self.resnets):
-            hidden, branch = resnet_with_branch(resnet, torch.cat([hidden, skips[-1 - i]], 1), temb)
+            skip = skips[-1 - i]
+            if self.freeu is not None:
+                hidden, skip = self.freeu(hidden, skip)
+            hidden, branch = resnet_with_branch(resnet, torch.cat([hidden, skip], 1), temb)
             branches.append(branch)
             if self.attentions is not None:
                 if i >= len(self.attentions):
@@ -119,6 +124,7 @@ class FeatureUNet(nn.Module):
 
     The timestep is baked as a constant (`timestep=261.0`, CleanDIFT's value) or, with
     `timestep=None`, must be passed to `forward`. Parameters are shared with `unet`, not copied.
+    With `freeu` the up blocks apply FreeU as diffusers' `enable_freeu` does (models/freeu.py).
     """
 
     timestep: torch.Tensor
@@ -128,6 +134,7 @@ class FeatureUNet(nn.Module):
         unet: UNet2DConditionModel,
         taps: Sequence[str] = ("us6",),
         timestep: float | None = DEFAULT_TIMESTEP,
+        freeu: FreeU | None = None,
     ) -> None:
         super().__init__()
         _check_supported(unet)
@@ -140,6 +147,11 @@ class FeatureUNet(nn.Module):
         self.down_blocks = unet.down_blocks
         self.mid_block = unet.mid_block
         self.up_blocks = _build_stages(unet, self.taps)
+        self.freeu = freeu
+        for index, stage in enumerate(self.up_blocks):
+            factors = None if freeu is None else freeu.for_block(index)
+            if factors is not None:
+                cast(UpStage, stage).freeu = FreeUStage(*factors)
         self.baked_timestep = timestep
         if timestep is not None:
             self.register_buffer("timestep", torch.tensor([timestep]), persistent=False)
