@@ -16,7 +16,6 @@ import torch
 from ..errors import CleanDiftError
 from ..manifest import InputInfo, Manifest, ShapeRange, TapInfo
 from ..models.dinov2 import (
-    DEFAULT_DINO_SIZE,
     DINO_ARCHS,
     DINO_TAP,
     PATCH,
@@ -25,6 +24,7 @@ from ..models.dinov2 import (
     DinoFeatures,
     LoadedDino,
     check_dino_size,
+    default_dino_size,
     load_dino,
     random_dino,
 )
@@ -80,7 +80,7 @@ class DinoExportOptions:
 
 def plan_dino_shapes(arch: str, options: DinoExportOptions) -> ShapePlan:
     """Batch and size ranges; sides must be multiples of 14."""
-    default = DINO_ARCHS[arch].image_size if arch in DINO_ARCHS else DEFAULT_DINO_SIZE
+    default = default_dino_size(arch)
     height, width = options.image_size or (default, default)
     if options.size_range is None:
         (h_min, w_min), (h_max, w_max) = (height, width), (height, width)

@@ -93,6 +93,11 @@ def is_dinov2(arch: str) -> bool:
     return arch.startswith("dinov2")
 
 
+def default_dino_size(arch: str) -> int:
+    """The image side a DINOv2 arch runs at by default (840 px; 84 for the tiny test model)."""
+    return DINO_ARCHS[arch].image_size if arch in DINO_ARCHS else DEFAULT_DINO_SIZE
+
+
 def get_dino_arch(name: str) -> DinoArch:
     """The named DINOv2 size, or a one-line error listing them."""
     try:

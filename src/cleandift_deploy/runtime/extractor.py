@@ -17,6 +17,7 @@ import torch
 from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
 from ..models import validate_taps
+from ..models.dinov2 import is_dinov2
 from ..models.loading import LoadedUNet, resolve_source
 from .backend import Backend
 from .preprocess import ImageInput, Placement, check_policy, prepare, to_model_input
@@ -30,6 +31,7 @@ from .request import (
     select_taps,
 )
 from .selection import BACKENDS, artifact_kind, choose_backend, default_device
+from .torch_backend import TorchBackend
 
 PROMPT_INPUT = "encoder_hidden_states"
 
@@ -227,6 +229,12 @@ def _open_backend(
         from .tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(path, manifest, device)
+    precision = "bf16" if name == "torch-bf16" else "fp32"
+    if is_dinov2(manifest.arch):
+        from ..export.dinov2_export import dino_reference_module
+
+        dino = dino_reference_module(manifest, None if isinstance(source, LoadedUNet) else source)
+        return TorchBackend(dino, dino.input_names, dino.taps, device, precision)
     if isinstance(source, LoadedUNet):
         check_same_checkpoint(source, manifest)
         loaded = source
@@ -235,6 +243,5 @@ def _open_backend(
         check_same_checkpoint(loaded, manifest)
     else:
         loaded = source_of(manifest)
-    precision = "bf16" if name == "torch-bf16" else "fp32"
     runner, _ = build_reference(loaded, ReferenceSpec.like(manifest), device, precision)
     return runner

@@ -16,6 +16,7 @@ from ..export.options import ExportOptions
 from ..manifest import Manifest, ShapeRange
 from ..models import ARCHS, random_unet, tap_infos
 from ..models.configs import default_image_size
+from ..models.dinov2 import PATCH, DinoFeatures, LoadedDino, default_dino_size
 from ..models.loading import LoadedUNet, resolve_source
 from .torch_backend import TorchBackend
 
@@ -112,3 +113,29 @@ def build_reference(
         graph.module, graph.module.input_names, graph.module.taps, device, precision
     )
     return backend, reference_manifest(loaded, spec, graph.timestep)
+
+
+def build_dino_reference(
+    loaded: LoadedDino,
+    layer: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    image_size: int | None = None,
+) -> tuple[TorchBackend, Manifest]:
+    """A DINOv2 backbone as a PyTorch backend and the manifest that describes it: any multiple
+    of 14 up to MAX_SIDE, `image_size` (default: the arch's, 840 px) as the default side."""
+    from ..export.dinov2_export import dino_manifest
+    from ..export.shapes import ShapePlan
+
+    module = DinoFeatures(loaded, layer).eval()
+    side = image_size or default_dino_size(loaded.arch)
+    limit = MAX_SIDE // PATCH * PATCH
+    plan = ShapePlan(
+        ShapeRange(1, 1, UNBOUNDED_BATCH),
+        ShapeRange(PATCH, side, limit),
+        ShapeRange(PATCH, side, limit),
+    )
+    manifest = dino_manifest(loaded, module, plan, "fp32")
+    manifest.kind = "pytorch"
+    backend = TorchBackend(module, module.input_names, module.taps, device, precision)
+    return backend, manifest
