@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CleanDiftError
+
+if TYPE_CHECKING:
+    from ..models.freeu import FreeU
+    from ..models.noise import NoiseSpec
 
 PRECISIONS = ("fp32", "fp16")
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
@@ -39,6 +44,10 @@ class ExportOptions:
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     fp16_bound: float = 512.0
     """Calibrated activations above this magnitude keep their node in fp32 (ModelOpt's default)."""
+    noise: NoiseSpec | None = None
+    """Noisy (DIFT-style) features: timestep, ensemble, seed, latent mode; None: clean latents."""
+    freeu: FreeU | None = None
+    """FreeU factors applied in up blocks 0 and 1; None: off."""
 
     def check(self) -> None:
         """One-line errors for option values that cannot work together."""
@@ -57,3 +66,21 @@ class ExportOptions:
             raise CleanDiftError("--calibration-images needs the VAE in the graph (drop --no-vae)")
         if self.opset < 14:
             raise CleanDiftError(f"opset {self.opset} is too old: use 14 or newer (17 default)")
+        if self.noise is not None:
+            self.check_noise(self.noise)
+
+    def check_noise(self, noise: NoiseSpec) -> None:
+        """Noisy features need the VAE (posterior draws) and the noise's own timestep."""
+        noise.check()
+        if not self.vae:
+            raise CleanDiftError("noisy features need the VAE in the graph: drop --no-vae")
+        if self.timestep is not None and self.timestep != noise.timestep:
+            raise CleanDiftError(
+                f"--timestep {self.timestep:g} differs from --noise-timestep {noise.timestep}: "
+                "the UNet runs at the noise's timestep, give one of them"
+            )
+        if noise.random and self.check_agreement:
+            raise CleanDiftError(
+                "random noise differs on every call, so agreement cannot be measured: "
+                "pass --no-agreement (or use fixed noise)"
+            )
