@@ -9,6 +9,7 @@ import click
 from . import __version__
 from .errors import CleanDiftError
 from .export.commands import COMMANDS as EXPORT_COMMANDS
+from .export.dinov2_commands import COMMANDS as DINOV2_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
 from .runtime.commands import COMMANDS as RUNTIME_COMMANDS
 from .serve.triton_commands import COMMANDS as TRITON_COMMANDS
@@ -24,6 +25,7 @@ def cli() -> None:
 for command in (
     *MODEL_COMMANDS,
     *EXPORT_COMMANDS,
+    *DINOV2_COMMANDS,
     *RUNTIME_COMMANDS,
     *TRAIN_COMMANDS,
     *TRITON_COMMANDS,
