@@ -12,6 +12,7 @@ from .export.commands import COMMANDS as EXPORT_COMMANDS
 from .export.dinov2_commands import COMMANDS as DINOV2_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
 from .runtime.commands import COMMANDS as RUNTIME_COMMANDS
+from .serve.commands import COMMANDS as SERVE_COMMANDS
 from .serve.triton_commands import COMMANDS as TRITON_COMMANDS
 from .train.commands import COMMANDS as TRAIN_COMMANDS
 
@@ -29,6 +30,7 @@ for command in (
     *RUNTIME_COMMANDS,
     *TRAIN_COMMANDS,
     *TRITON_COMMANDS,
+    *SERVE_COMMANDS,
 ):
     cli.add_command(command)
 
