@@ -62,3 +62,76 @@ def test_partials_reduce_to_highest_then_first_index() -> None:
     best, first = _reduce_partials(val, idx)
     assert first.tolist() == [40, 1, 65]
     assert torch.equal(best, torch.tensor([0.7, 0.9, 0.3]))
+
+
+GPU_TILES = {"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_C": 64}
+"""The GPU's BLOCK_N and a GPU config's column tiles, run through the interpreter."""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_tiles_cross_row_blocks_slices_and_ties(dtype: torch.dtype) -> None:
+    from cleandift_deploy.kernels.triton_dense import triton_match_dense
+
+    if DEVICE == "cuda":
+        pytest.skip("tile overrides apply to the interpreter; the GPU test runs the autotuner")
+    n, m, c = 300, 1000, 80  # 3 row blocks of 128, 3 column slices of 384, C not a tile multiple
+    a, b = torch.randn(n, c).to(dtype), torch.randn(m, c).to(dtype)
+    b[900] = b[10] * 2  # the same direction in the first and the last slice: first index wins
+    # rows in the first and third row block tie on column 10 (powers of two keep ties exact)
+    a[5], a[260] = b[10], b[10] * 4
+    got = triton_match_dense(a, b, blocks=GPU_TILES)
+    assert got.scores.dtype == torch.float32
+    assert got.indices[5, 0] == 10 and got.indices[260, 0] == 10
+    assert_top1_agrees(a.float(), b.float(), got.indices, got.scores)
+    mutual = triton_match_dense(a, b, mutual=True, blocks=GPU_TILES)
+    want = reference_match_dense(a.float(), b.float(), mutual=True)
+    assert [5, 10] in mutual.pairs.tolist() and [260, 10] not in mutual.pairs.tolist()
+    assert_pairs_equal(mutual.pairs, want.pairs)
+
+
+def test_scores_are_float32_whatever_the_default_dtype() -> None:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        a, b = torch.randn(20, 16, dtype=torch.float32), torch.randn(30, 16, dtype=torch.float32)
+        got = match_dense(a.to(DEVICE), b.to(DEVICE), impl="triton")
+        mutual = match_dense(a.to(DEVICE), b.to(DEVICE), mutual=True, impl="triton")
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.scores.dtype == torch.float32 and mutual.scores.dtype == torch.float32
+    assert_top1_agrees(a, b, got.indices.cpu(), got.scores.cpu())
+
+
+def test_autotune_key_is_bucketed_and_configs_are_per_dtype() -> None:
+    from cleandift_deploy.kernels import triton_dense as td
+
+    assert [td.size_bucket(x) for x in (1, 256, 257, 9216, 9217)] == [256, 256, 512, 16384, 16384]
+    assert "M" not in td.TUNING_KEY and "M_BUCKET" in td.TUNING_KEY
+    fp32 = {(k.kwargs["BLOCK_M"], k.kwargs["BLOCK_C"]) for k in td.gpu_configs(torch.float32)}
+    half = {(k.kwargs["BLOCK_M"], k.kwargs["BLOCK_C"]) for k in td.gpu_configs(torch.float16)}
+    assert fp32 and half and fp32 != half
+    assert td.dot_precision(torch.float32) == "tf32x3"
+    assert td.interpreting() is td.INTERPRETING
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_rows_blocks_and_slices_match_reference(dtype: torch.dtype) -> None:
+    n, m, c = 1100, 5000, 1280  # 9 row blocks; several slices on any GPU
+    a, b = torch.randn(n, c).to(dtype), torch.randn(m, c).to(dtype)
+    b[4900] = b[7] * 2
+    a[3], a[1000] = b[7], b[7] * 4
+    got = match_dense(a.cuda(), b.cuda(), impl="triton")
+    assert got.indices[3, 0] == 7 and got.indices[1000, 0] == 7
+    assert_top1_agrees(a.float(), b.float(), got.indices.cpu(), got.scores.cpu())
+    mutual = match_dense(a.cuda(), b.cuda(), mutual=True, impl="triton")
+    assert [3, 7] in mutual.pairs.tolist() and [1000, 7] not in mutual.pairs.tolist()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_gpu_inputs_on_the_second_device() -> None:
+    a, b = torch.randn(300, 64, device="cuda:1"), torch.randn(500, 64, device="cuda:1")
+    with torch.cuda.device(0):
+        got = match_dense(a, b, impl="triton")
+    assert got.indices.device == a.device
+    assert_top1_agrees(a.cpu(), b.cpu(), got.indices.cpu(), got.scores.cpu())

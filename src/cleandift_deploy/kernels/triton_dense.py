@@ -10,13 +10,20 @@ deterministic second pass reduces the partials. Ties resolve to the first index 
 tie-break inside a tile, strictly greater across tiles, smallest index among equal partials),
 like ``torch.argmax``.
 
+GPU details: every pointer offset is computed in int64 (``rows * stride`` wraps in int32 from
+2^31 elements, e.g. 1.68M rows at C=1280); launches run under the inputs' device; float32 inputs
+use ``tf32x3`` (three tensor-core TF32 products, float32-level accuracy; "ieee" has no tensor
+cores and spilled in every config) with their own tile configs; the autotune key buckets the
+sizes to powers of two, so a new M does not re-tune. Every config is compiled offline for sm80
+and sm90 by ``triton_offline`` (tests and ``benchmarks/bench_triton_compile.py``).
+
 Import this module only with CUDA tensors or with ``TRITON_INTERPRET=1`` set before triton is
 first imported: without a GPU driver, triton refuses to launch anything.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
 import triton
@@ -28,11 +35,21 @@ from .types import MutualMatches, NearestNeighbours, mutual_from_argmax
 GPU_BLOCK_N = 128
 SPLIT_ALIGN = 256
 INTERPRETER_BLOCKS = {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_C": 32}
+INTERPRETING = bool(triton.knobs.runtime.interpret)
+"""Decided once, at import, exactly as ``triton.jit`` below decides: the kernel object is either
+compiled or interpreted for the life of the process, whatever the environment says later."""
+
+HALF_SHAPES = ((64, 64, 4, 4), (128, 32, 3, 8), (128, 64, 3, 8), (64, 64, 3, 4), (128, 64, 4, 8))
+"""(BLOCK_M, BLOCK_C, num_stages, num_warps) for fp16/bf16; BLOCK_N is GPU_BLOCK_N. Checked
+offline: no register spills on sm80 or sm90, shared memory within A100's 163 KB."""
+FLOAT_SHAPES = ((64, 32, 3, 8), (64, 16, 4, 8), (128, 16, 3, 8))
+"""(BLOCK_M, BLOCK_C, num_stages, num_warps) for float32 (tf32x3): smaller tiles, since the
+three-product split keeps two copies of each operand in registers."""
 
 
 def interpreting() -> bool:
-    """True when triton runs kernels on the CPU through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """True when triton runs kernels on the CPU through its interpreter (fixed at import)."""
+    return INTERPRETING
 
 
 @triton.jit
@@ -51,17 +68,20 @@ def _cosine_argmax_kernel(
     stride_a,
     stride_b,
     cols_per_split,
+    N_BUCKET,
+    M_BUCKET,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
     COLUMNS: tl.constexpr,
-    IEEE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    inv_a = tl.load(inv_a_ptr + rows, mask=row_ok, other=0.0)
+    rows64 = rows.to(tl.int64)
+    inv_a = tl.load(inv_a_ptr + rows64, mask=row_ok, other=0.0)
     best_val = tl.full([BLOCK_N], float("-inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
     offs_c = tl.arange(0, BLOCK_C)
@@ -69,22 +89,23 @@ def _cosine_argmax_kernel(
     for m0 in range(split * cols_per_split, m_end, BLOCK_M):
         cols = m0 + tl.arange(0, BLOCK_M)
         col_ok = cols < m_end
+        cols64 = cols.to(tl.int64)
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         for c0 in range(0, C, BLOCK_C):
-            cc = c0 + offs_c
+            cc = (c0 + offs_c).to(tl.int64)
             c_ok = cc < C
             x = tl.load(
-                a_ptr + rows[:, None] * stride_a + cc[None, :],
+                a_ptr + (rows64[:, None] * stride_a + cc[None, :]),
                 mask=row_ok[:, None] & c_ok[None, :],
                 other=0.0,
             )
             y = tl.load(
-                b_ptr + cols[None, :] * stride_b + cc[:, None],
+                b_ptr + (cols64[None, :] * stride_b + cc[:, None]),
                 mask=col_ok[None, :] & c_ok[:, None],
                 other=0.0,
             )
-            acc = tl.dot(x, y, acc, input_precision="ieee") if IEEE else tl.dot(x, y, acc)
-        inv_b = tl.load(inv_b_ptr + cols, mask=col_ok, other=0.0)
+            acc = tl.dot(x, y, acc, input_precision=PRECISION)
+        inv_b = tl.load(inv_b_ptr + cols64, mask=col_ok, other=0.0)
         sim = acc * inv_a[:, None] * inv_b[None, :]
         sim = tl.where(col_ok[None, :], sim, float("-inf"))
         val, arg = tl.max(sim, axis=1, return_indices=True, return_indices_tie_break_left=True)
@@ -96,16 +117,18 @@ def _cosine_argmax_kernel(
             cval, carg = tl.max(
                 csim, axis=0, return_indices=True, return_indices_tie_break_left=True
             )
-            tl.store(col_val_ptr + pid * M + cols, cval, mask=col_ok)
-            tl.store(col_idx_ptr + pid * M + cols, pid * BLOCK_N + carg, mask=col_ok)
-    tl.store(row_val_ptr + split * N + rows, best_val, mask=row_ok)
-    tl.store(row_idx_ptr + split * N + rows, best_idx, mask=row_ok)
+            partial = pid.to(tl.int64) * M + cols64
+            tl.store(col_val_ptr + partial, cval, mask=col_ok)
+            tl.store(col_idx_ptr + partial, pid * BLOCK_N + carg, mask=col_ok)
+    out = split.to(tl.int64) * N + rows64
+    tl.store(row_val_ptr + out, best_val, mask=row_ok)
+    tl.store(row_idx_ptr + out, best_idx, mask=row_ok)
 
 
-def _gpu_configs() -> list[triton.Config]:
-    """Tile shapes that suit A100 (sm80) and H100 (sm90); BLOCK_N is fixed so the column
-    partial buffer has one shape whichever config wins."""
-    shapes = [(128, 32, 4, 4), (128, 64, 4, 8), (256, 64, 3, 8), (64, 64, 4, 4), (128, 32, 3, 8)]
+def gpu_configs(dtype: torch.dtype) -> list[triton.Config]:
+    """The autotune configs for one input dtype; BLOCK_N is fixed so the column partial buffer
+    has one shape whichever config wins."""
+    shapes = FLOAT_SHAPES if dtype == torch.float32 else HALF_SHAPES
     return [
         triton.Config(
             {"BLOCK_N": GPU_BLOCK_N, "BLOCK_M": m, "BLOCK_C": c}, num_stages=s, num_warps=w
@@ -114,9 +137,25 @@ def _gpu_configs() -> list[triton.Config]:
     ]
 
 
-_autotuned = triton.autotune(configs=_gpu_configs(), key=["M", "C", "COLUMNS", "IEEE"])(
-    _cosine_argmax_kernel
-)
+TUNING_KEY = ["N_BUCKET", "M_BUCKET", "C", "COLUMNS", "PRECISION"]
+_autotuned = {
+    precision: triton.autotune(configs=gpu_configs(dtype), key=TUNING_KEY)(_cosine_argmax_kernel)
+    for precision, dtype in (("tf32x3", torch.float32), ("tf32", torch.float16))
+}
+"""One autotuner per config family: float32 tunes over FLOAT_SHAPES, fp16/bf16 over HALF_SHAPES
+(triton adds the tensors' dtypes to the key, so fp16 and bf16 tune apart)."""
+
+
+def size_bucket(n: int) -> int:
+    """The autotune bucket of a size: the next power of two, at least 256 (a multiple of 16, so
+    triton's integer specialisation is the same for every bucket)."""
+    return max(256, 1 << max(0, n - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision: tf32x3 for float32 (float32-level accuracy on tensor cores),
+    the default for 16-bit inputs, which the tensor cores take as they are."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,49 +164,73 @@ def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor
     return best, torch.where(val == best, idx, torch.iinfo(idx.dtype).max).min(dim=0).values
 
 
-def _column_slices(n_blocks: int, m: int, device: torch.device) -> int:
+def _column_slices(n_blocks: int, m: int, device: torch.device, block_m: int) -> int:
     """Rows of b per slice (a multiple of every BLOCK_M) so the GPU has ~4 programs per SM.
 
-    The interpreter uses two small slices, so the tests cross slice borders too.
+    The interpreter uses up to three slices of whole tile pairs, so the tests cross slice
+    borders too.
     """
-    if interpreting():
-        align = 2 * INTERPRETER_BLOCKS["BLOCK_M"]
-        return triton.cdiv(triton.cdiv(m, 2), align) * align
+    if INTERPRETING:
+        align = 2 * block_m
+        return triton.cdiv(triton.cdiv(m, 3), align) * align
     sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return gpu_column_slices(n_blocks, m, sms)
+
+
+def gpu_column_slices(n_blocks: int, m: int, sms: int) -> int:
+    """Rows of b per slice on a GPU with `sms` multiprocessors: about 4 programs per SM, each
+    slice a multiple of SPLIT_ALIGN rows."""
     slices = max(1, min(triton.cdiv(m, SPLIT_ALIGN), triton.cdiv(4 * sms, n_blocks)))
     return triton.cdiv(triton.cdiv(m, slices), SPLIT_ALIGN) * SPLIT_ALIGN
 
 
+def _device_guard(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the CURRENT CUDA device, not the tensors' one: switch to theirs."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def triton_match_dense(
-    a: torch.Tensor, b: torch.Tensor, *, mutual: bool = False
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    mutual: bool = False,
+    blocks: dict[str, int] | None = None,
 ) -> NearestNeighbours | MutualMatches:
     """Top-1 cosine neighbours (or mutual neighbours) with the fused kernel.
 
     Under the interpreter bfloat16 is upcast to float32: the interpreter has no bfloat16
-    arithmetic (its ``tl.dot`` would multiply bit patterns).
+    arithmetic (its ``tl.dot`` would multiply bit patterns). ``blocks`` overrides the
+    interpreter's tile sizes (tests use the GPU's BLOCK_N = 128 to cross the same borders).
     """
-    if interpreting() and torch.bfloat16 in (a.dtype, b.dtype):
+    if INTERPRETING and torch.bfloat16 in (a.dtype, b.dtype):
         a, b = a.float(), b.float()
     if a.dtype != b.dtype:
         a, b = a.float(), b.float()
     a, b = a.contiguous(), b.contiguous()
     (n, c), m = a.shape, b.shape[0]
-    block_n = INTERPRETER_BLOCKS["BLOCK_N"] if interpreting() else GPU_BLOCK_N
-    n_blocks = triton.cdiv(n, block_n)
-    per_split = _column_slices(n_blocks, m, a.device)
-    splits = triton.cdiv(m, per_split)
-    row_val = torch.empty((splits, n), device=a.device)
-    row_idx = torch.empty((splits, n), device=a.device, dtype=torch.int32)
-    col_val = torch.empty((n_blocks, m) if mutual else (1,), device=a.device)
-    col_idx = torch.empty((n_blocks, m) if mutual else (1,), device=a.device, dtype=torch.int32)
-    args = (a, b, inverse_norms(a), inverse_norms(b), row_val, row_idx, col_val, col_idx)
-    flags = {"COLUMNS": mutual, "IEEE": a.dtype == torch.float32}
-    grid = (n_blocks, splits)
-    if interpreting():
-        _cosine_argmax_kernel[grid](*args, n, m, c, c, c, per_split, **INTERPRETER_BLOCKS, **flags)
-    else:
-        _autotuned[grid](*args, n, m, c, c, c, per_split, **flags)
-    best, first = _reduce_partials(row_val, row_idx)
+    tiles = {**INTERPRETER_BLOCKS, **(blocks or {})}
+    block_n = tiles["BLOCK_N"] if INTERPRETING else GPU_BLOCK_N
+    with _device_guard(a.device):
+        n_blocks = triton.cdiv(n, block_n)
+        per_split = _column_slices(n_blocks, m, a.device, tiles["BLOCK_M"])
+        splits = triton.cdiv(m, per_split)
+        f32, i32 = torch.float32, torch.int32
+        row_val = torch.empty((splits, n), device=a.device, dtype=f32)
+        row_idx = torch.empty((splits, n), device=a.device, dtype=i32)
+        col_shape = (n_blocks, m) if mutual else (1,)
+        col_val = torch.empty(col_shape, device=a.device, dtype=f32)
+        col_idx = torch.empty(col_shape, device=a.device, dtype=i32)
+        args = (a, b, inverse_norms(a), inverse_norms(b), row_val, row_idx, col_val, col_idx)
+        sizes = (n, m, c, c, c, per_split, size_bucket(n), size_bucket(m))
+        precision = dot_precision(a.dtype)
+        grid = (n_blocks, splits)
+        if INTERPRETING:
+            _cosine_argmax_kernel[grid](*args, *sizes, **tiles, COLUMNS=mutual, PRECISION=precision)
+        else:
+            _autotuned[precision][grid](*args, *sizes, COLUMNS=mutual, PRECISION=precision)
+        best, first = _reduce_partials(row_val, row_idx)
     if not mutual:
         return NearestNeighbours(first.long()[:, None], best[:, None])
     return mutual_from_argmax(first.long(), best, _reduce_partials(col_val, col_idx)[1].long())
