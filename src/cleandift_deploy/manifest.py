@@ -77,6 +77,11 @@ class Manifest:
     target: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
+    noise: dict[str, Any] = field(default_factory=dict)
+    """Noisy features (models/noise.py NoiseSpec.record): timestep, ensemble, seed, latent mode,
+    random; empty for clean latents."""
+    freeu: dict[str, float] = field(default_factory=dict)
+    """FreeU factors b1, b2, s1, s2; empty when off."""
     toolkit_version: str = __version__
     format_version: int = FORMAT_VERSION
 

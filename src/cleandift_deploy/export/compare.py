@@ -9,8 +9,10 @@ from pathlib import Path
 from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
 from ..models import load_unet, random_unet
+from ..models.freeu import FreeU
 from ..models.dinov2 import DinoFeatures, is_dinov2
 from ..models.loading import LoadedUNet
+from ..models.noise import NoiseSpec
 from .agreement import TapAgreement, compare_outputs, failures
 from .artifact_files import read_manifest_metadata
 from .artifact_runners import Batches, run_artifact
@@ -70,6 +72,9 @@ def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
         prompt_input=manifest.prompt_input,
         vae=manifest.input.name == IMAGE_INPUT,
         random_init=manifest.source.startswith("random-init:"),
+        noise=NoiseSpec.from_record(manifest.noise),
+        freeu=FreeU.from_record(manifest.freeu),
+        check_agreement=False,
     )
     return build_export_graph(loaded, options).module
 

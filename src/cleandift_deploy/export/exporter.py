@@ -77,6 +77,8 @@ def _manifest(
         precision=options.precision,
         versions=package_versions(),
         build=dict(extra, opset=options.opset),
+        noise={} if options.noise is None else options.noise.record(),
+        freeu={} if options.freeu is None else options.freeu.record(),
     )
 
 

@@ -13,7 +13,10 @@ from torch import nn
 
 from ..models import FeatureUNet, ImageFeatureModel, VAEEncoder, load_vae, prompt_embedding
 from ..models.loading import LoadedUNet
+from ..models.noise import EnsembleNoiser
+from ..models.taps import LATENT_STRIDE
 from .options import ExportOptions
+from .shapes import plan_shapes
 
 IMAGE_INPUT = "image"
 LATENT_INPUT = "latents"
@@ -34,11 +37,14 @@ class ExportGraph(nn.Module):
         features: FeatureUNet,
         vae_encoder: VAEEncoder | None,
         prompt_embeds: torch.Tensor | None,
+        noiser: EnsembleNoiser | None = None,
     ) -> None:
         super().__init__()
         self.features = features
         self.image_model = (
-            ImageFeatureModel(vae_encoder, features) if vae_encoder is not None else None
+            ImageFeatureModel(vae_encoder, features, noiser=noiser)
+            if vae_encoder is not None
+            else None
         )
         self.has_prompt = prompt_embeds is not None
         if prompt_embeds is not None:
@@ -84,21 +90,36 @@ def is_random_init(loaded: LoadedUNet) -> bool:
     return loaded.source.startswith("random-init:")
 
 
+def _timestep(loaded: LoadedUNet, options: ExportOptions) -> float:
+    """The UNet's timestep: given, else the noise's (noisy features), else the checkpoint's."""
+    if options.timestep is not None:
+        return float(options.timestep)
+    if options.noise is not None:
+        return float(options.noise.timestep)
+    return loaded.timestep
+
+
 def build_export_graph(loaded: LoadedUNet, options: ExportOptions) -> GraphSpec:
     """The fp32 module to trace (and to use as the reference) for these options."""
-    timestep = loaded.timestep if options.timestep is None else float(options.timestep)
+    timestep = _timestep(loaded, options)
     random_init = options.random_init or is_random_init(loaded)
-    features = FeatureUNet(loaded.unet, options.taps, timestep=timestep).eval()
+    features = FeatureUNet(loaded.unet, options.taps, timestep=timestep, freeu=options.freeu)
+    features.eval()
     vae_encoder = None
+    noiser = None
     if options.vae:
         vae = load_vae(loaded.root, loaded.arch, random_init=random_init)
         vae_encoder = VAEEncoder(vae).eval()
+        if options.noise is not None:
+            plan = plan_shapes(loaded.arch, options)
+            largest = (plan.height.max // LATENT_STRIDE, plan.width.max // LATENT_STRIDE)
+            noiser = EnsembleNoiser(options.noise, vae_encoder.latent_channels, largest)
     prompt_embeds = None
     if not options.prompt_input:
         prompt_embeds = prompt_embedding(
             loaded.root, loaded.arch, options.prompt, random_init=random_init
         )
-    module = ExportGraph(features, vae_encoder, prompt_embeds).eval()
+    module = ExportGraph(features, vae_encoder, prompt_embeds, noiser).eval()
     return GraphSpec(
         module=module,
         timestep=timestep,

@@ -94,7 +94,8 @@ class ImageFeatureModel(nn.Module):
         if self.noiser is None:
             return self.features(self.vae_encoder(image), encoder_hidden_states, timestep)
         noisy = self.noiser(*self.vae_encoder.posterior(image))
-        return self.noiser.average(self.features(noisy, encoder_hidden_states, timestep))
+        context = self.noiser.per_copy(encoder_hidden_states, image.shape[0])
+        return self.noiser.average(self.features(noisy, context, timestep))
 
     def check_image(self, image: torch.Tensor) -> None:
         """One-line errors for wrong ranks, channel counts and sizes."""

@@ -133,6 +133,11 @@ class EnsembleNoiser(nn.Module):
         clean = mean + std * posterior_eps if self.spec.latent == "sample" else mean.expand(shape)
         return (self.signal * clean + self.noise * noise_eps).flatten(0, 1)
 
+    def per_copy(self, context: torch.Tensor, batch: int) -> torch.Tensor:
+        """A prompt embedding `[1|B,S,D]` repeated for every copy: `[B*N,S,D]`."""
+        context = context.expand(batch, -1, -1).unsqueeze(1)
+        return context.expand(-1, self.spec.ensemble, -1, -1).flatten(0, 1)
+
     def average(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mean over each image's copies: `[B*N,...] -> [B,...]`."""
         n = self.spec.ensemble

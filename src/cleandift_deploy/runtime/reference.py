@@ -17,7 +17,9 @@ from ..manifest import Manifest, ShapeRange
 from ..models import ARCHS, random_unet, tap_infos
 from ..models.configs import default_image_size
 from ..models.dinov2 import PATCH, DinoFeatures, LoadedDino, default_dino_size
+from ..models.freeu import FreeU
 from ..models.loading import LoadedUNet, resolve_source
+from ..models.noise import NoiseSpec
 from .torch_backend import TorchBackend
 
 UNBOUNDED_BATCH = 1 << 16
@@ -36,6 +38,8 @@ class ReferenceSpec:
     prompt: str = ""
     prompt_input: bool = False
     vae: bool = True
+    noise: NoiseSpec | None = None
+    freeu: FreeU | None = None
 
     @classmethod
     def like(cls, manifest: Manifest) -> ReferenceSpec:
@@ -46,6 +50,8 @@ class ReferenceSpec:
             prompt=manifest.prompt or "",
             prompt_input=manifest.prompt_input,
             vae=manifest.input.name == "image",
+            noise=NoiseSpec.from_record(manifest.noise),
+            freeu=FreeU.from_record(manifest.freeu),
         )
 
 
@@ -94,6 +100,8 @@ def reference_manifest(loaded: LoadedUNet, spec: ReferenceSpec, timestep: float)
         prompt_input=spec.prompt_input,
         precision="fp32",
         versions=package_versions(),
+        noise={} if spec.noise is None else spec.noise.record(),
+        freeu={} if spec.freeu is None else spec.freeu.record(),
     )
 
 
@@ -107,6 +115,9 @@ def build_reference(
         prompt=spec.prompt,
         prompt_input=spec.prompt_input,
         vae=spec.vae,
+        noise=spec.noise,
+        freeu=spec.freeu,
+        check_agreement=False,
     )
     graph = build_export_graph(loaded, options)
     backend = TorchBackend(
