@@ -8,6 +8,7 @@ import click
 
 from . import __version__
 from .errors import CleanDiftError
+from .eval.commands import COMMANDS as EVAL_COMMANDS
 from .export.commands import COMMANDS as EXPORT_COMMANDS
 from .export.dinov2_commands import COMMANDS as DINOV2_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
@@ -29,6 +30,7 @@ for command in (
     *DINOV2_COMMANDS,
     *RUNTIME_COMMANDS,
     *TRAIN_COMMANDS,
+    *EVAL_COMMANDS,
     *TRITON_COMMANDS,
     *SERVE_COMMANDS,
 ):
