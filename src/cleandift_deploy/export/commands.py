@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import CleanDiftError
+from ..lazy_choice import LazyChoice
 from ..models.commands import model_source_options
-from ..models.loading import resolve_source
-from .agreement import TapAgreement
-from .compare import compare_artifact
-from .exporter import export_onnx
 from .options import PRECISIONS, ExportOptions
-from .tensorrt_build import TARGETS, BuildOptions, build_engine
+
+if TYPE_CHECKING:
+    from .agreement import TapAgreement
 
 console = Console(stderr=True)
 
@@ -106,6 +106,10 @@ def export(
     force: bool,
 ) -> None:
     """Export a UNet (+ VAE encoder) to ONNX: images in, one output per tap."""
+    from ..models.loading import resolve_source
+    from .agreement import TapAgreement
+    from .exporter import export_onnx
+
     options = ExportOptions(
         taps=taps,
         timestep=timestep,
@@ -144,7 +148,10 @@ def export(
 @click.argument("onnx_path", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--target", type=click.Choice(list(TARGETS)), default="tensorrt-rtx", show_default=True
+    "--target",
+    type=LazyChoice("cleandift_deploy.export.tensorrt_build:TARGETS"),
+    default="tensorrt-rtx",
+    show_default=True,
 )
 @click.option(
     "--compute-capability", multiple=True, help="RTX target GPUs, e.g. 8.0 8.6 (repeatable)."
@@ -164,6 +171,8 @@ def build(
     force: bool,
 ) -> None:
     """Build a TensorRT (or TensorRT-RTX) engine from an exported ONNX graph."""
+    from .tensorrt_build import BuildOptions, build_engine
+
     if not onnx_path.is_file():
         raise CleanDiftError(f"{onnx_path} does not exist: export a model first")
     options = BuildOptions(target, compute_capability, opt_level, workspace, timing_cache, force)
@@ -182,6 +191,8 @@ def compare(
     artifact: Path, reference: str | None, save_golden: Path | None, golden: Path | None
 ) -> None:
     """Compare an artifact with the fp32 PyTorch reference; exit 1 below the thresholds."""
+    from .compare import compare_artifact
+
     with console.status(f"comparing {artifact}"):
         result = compare_artifact(artifact, reference, save_golden, golden)
     Console().print(

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from .configs import ARCHS, default_image_size
-from .loading import resolve_source
 from .shapes import check_image_size
 from .taps import tap_specs
 
@@ -56,6 +55,8 @@ def info(
     image_size: tuple[int, int] | None,
 ) -> None:
     """Architecture, parameter count and taps (channels, stride, shape) of a model."""
+    from .loading import resolve_source
+
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed, device="meta")
     config = loaded.unet.config
     default = default_image_size(loaded.arch)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
-from .extract_files import ExtractReport, extract_files, plan_jobs
-from .extractor import FeatureExtractor
-from .preprocess import RESIZE_POLICIES
+from ..lazy_choice import LazyChoice
 from .selection import ARTIFACT_KINDS, BACKENDS
+
+if TYPE_CHECKING:
+    from .extract_files import ExtractReport
+    from .extractor import FeatureExtractor
 
 
 def _taps(value: str | None) -> tuple[str, ...] | None:
@@ -27,6 +30,8 @@ def open_model(
     batch_size: int | None,
 ) -> FeatureExtractor:
     """An artifact through `FeatureExtractor.load`, or a model source through PyTorch."""
+    from .extractor import FeatureExtractor
+
     if Path(model).suffix in ARTIFACT_KINDS:
         return FeatureExtractor.load(
             model,
@@ -74,7 +79,12 @@ def _summarise(report: ExtractReport, out: Path) -> None:
 @click.option(
     "--image-size", nargs=2, type=int, default=None, metavar="H W", help="Model input size."
 )
-@click.option("--resize", type=click.Choice(RESIZE_POLICIES), default=None, help="Fit policy.")
+@click.option(
+    "--resize",
+    type=LazyChoice("cleandift_deploy.runtime.preprocess:RESIZE_POLICIES"),
+    default=None,
+    help="Fit policy.",
+)
 @click.option("--overwrite", is_flag=True, help="Redo outputs that already exist.")
 @click.option("--pca", is_flag=True, help="Also save a feature-PCA picture beside each output.")
 def extract(
@@ -91,6 +101,8 @@ def extract(
     pca: bool,
 ) -> None:
     """Features of image files and folders: one safetensors file per image in --out."""
+    from .extract_files import extract_files, plan_jobs
+
     jobs = plan_jobs(list(inputs), out)
     extractor = open_model(model, backend, device, _taps(taps), image_size, resize, batch_size)
     report = extract_files(extractor, jobs, overwrite=overwrite, pca=pca)

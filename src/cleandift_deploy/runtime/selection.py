@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import CleanDiftError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "torch-bf16")
@@ -37,6 +35,7 @@ def artifact_kind(path: Path) -> str:
 def ort_has_cuda() -> bool:
     """Whether ONNX Runtime and torch can both use a CUDA GPU here."""
     import onnxruntime
+    import torch
 
     return (
         torch.cuda.is_available()
@@ -57,4 +56,6 @@ def default_device(backend: str) -> str:
         return "cuda" if ort_has_cuda() else "cpu"
     if backend == "torch-bf16":
         return "cpu"
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 from rich.console import Console
 
 from ..errors import CleanDiftError
-from ..models import ARCHS, TAP_NAMES, check_image_size, load_vae
-from ..models.configs import default_image_size
-from ..models.loading import LoadedUNet, resolve_source
-from .conditioning import Conditioning
-from .data import RESIZE_MODES, ImageFolder
-from .loop import Trainer, TrainInputs, TrainResult, TrainSettings
-from .noising import noise_scheduler
-from .plot import plot_losses
-from .progress import format_losses, training_progress
-from .state import STATE_NAME
+from ..lazy_choice import LazyChoice
+from ..models.configs import ARCHS, default_image_size
+from ..models.shapes import check_image_size
+from ..models.taps import TAP_NAMES
+
+if TYPE_CHECKING:
+    from ..models.loading import LoadedUNet
+    from .data import ImageFolder
+    from .loop import Trainer, TrainInputs, TrainResult
 
 
 def _parse_taps(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -27,6 +26,8 @@ def _parse_taps(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _device(name: str) -> str:
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -37,6 +38,11 @@ def _device(name: str) -> str:
 def _inputs(
     teacher: LoadedUNet, data: ImageFolder, prompt: str, captions: bool, random_init: bool
 ) -> TrainInputs:
+    from ..models.loading import load_vae
+    from .conditioning import Conditioning
+    from .loop import TrainInputs
+    from .noising import noise_scheduler
+
     vae = load_vae(teacher.root, teacher.arch, random_init=random_init)
     conditioning = Conditioning(
         teacher.root, teacher.arch, prompt, use_captions=captions, random_init=random_init
@@ -51,6 +57,8 @@ def _image_size(teacher: LoadedUNet, requested: int | None) -> int:
 
 
 def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: Path) -> None:
+    from .progress import format_losses
+
     last = dict(zip(result.taps, result.history[-1].tolist(), strict=True))
     console.print(f"step {result.step}: {format_losses(last)}")
     console.print(f"learned timestep {float(trainer.distiller.timestep.detach()):.3f}")
@@ -59,6 +67,8 @@ def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: P
 
 
 def _check_out(out: Path, resume: bool) -> None:
+    from .state import STATE_NAME
+
     if (out / STATE_NAME).exists() and not resume:
         raise CleanDiftError(
             f"{out} already holds a training run: pass --resume to continue it, "
@@ -97,7 +107,7 @@ def _check_out(out: Path, resume: bool) -> None:
 )
 @click.option(
     "--resize",
-    type=click.Choice(RESIZE_MODES),
+    type=LazyChoice("cleandift_deploy.train.data:RESIZE_MODES"),
     default="crop",
     show_default=True,
     help="Centre-crop to a square, or squash the whole image.",
@@ -134,6 +144,12 @@ def train(
     resume: bool,
 ) -> None:
     """Distil a CleanDIFT student from a teacher UNet on a folder of images."""
+    from ..models.loading import resolve_source
+    from .data import ImageFolder
+    from .loop import Trainer, TrainSettings
+    from .plot import plot_losses
+    from .progress import training_progress
+
     _check_out(out, resume)
     settings = TrainSettings(
         taps=_parse_taps(taps),
