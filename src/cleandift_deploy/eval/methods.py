@@ -78,7 +78,9 @@ MethodFactory = Callable[[MethodOptions], Method]
 
 METHODS: dict[str, MethodFactory] = {}
 
-METHOD_MODULES: tuple[str, ...] = ()
+METHOD_MODULES: tuple[str, ...] = (
+    "cleandift_deploy.eval.features",  # "features": one artifact, one tap
+)
 """Modules imported before building a method, so that each registers its methods."""
 
 
