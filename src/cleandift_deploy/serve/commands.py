@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -73,19 +74,14 @@ def serve(
 
     device = _replica_device(artifact, backend, device)
     gpus = gpus_per_replica if gpus_per_replica is not None else float(device == "cuda")
+    limits = Limits(max_request_bytes=max_request_mb * MEGABYTE)
+    config = ServeConfig(
+        str(artifact.resolve()), backend, device, threads, max_batch, batch_wait_ms, limits
+    )
+    FeatureService(config)  # refuse a bad artifact here, in one line, before Ray starts
     with ray_session(address, replicas) as local:
         if local and threads is None:
-            threads = max(1, local_cpus(replicas) // replicas)
-        config = ServeConfig(
-            str(artifact.resolve()),
-            backend,
-            device,
-            threads,
-            max_batch,
-            batch_wait_ms,
-            Limits(max_request_bytes=max_request_mb * MEGABYTE),
-        )
-        FeatureService(config)  # refuse a bad artifact here, in one line, before any replica
+            config = replace(config, threads=max(1, local_cpus(replicas) // replicas))
         resources = ReplicaResources(replicas, 1.0, gpus)
         handle = deploy(config, resources, host, port)
         try:
