@@ -92,11 +92,10 @@ def fixed_draws(spec: NoiseSpec, channels: int, height: int, width: int) -> torc
             f"latent width {width} exceeds fixed noise's {NOISE_WIDTH} cells: use smaller images"
         )
     generator = torch.Generator().manual_seed(spec.seed)
-    rows = [
-        torch.randn(NOISE_WIDTH, 2, spec.ensemble, channels, generator=generator)
-        for _ in range(height)
-    ]
-    return torch.stack(rows)[:, :width].permute(2, 3, 4, 0, 1).contiguous()
+    rows = torch.empty(height, width, 2, spec.ensemble, channels)
+    for row in rows:
+        row.copy_(torch.randn(NOISE_WIDTH, 2, spec.ensemble, channels, generator=generator)[:width])
+    return rows.permute(2, 3, 4, 0, 1).contiguous()
 
 
 class EnsembleNoiser(nn.Module):
