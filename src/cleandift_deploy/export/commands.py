@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -13,6 +13,7 @@ from ..errors import CleanDiftError
 from ..lazy_choice import LazyChoice
 from ..models.commands import model_source_options
 from .options import PRECISIONS, ExportOptions
+from .recipes import noise_options, with_recipe
 
 if TYPE_CHECKING:
     from .agreement import TapAgreement
@@ -85,6 +86,7 @@ def agreement_table(title: str, agreement: dict[str, TapAgreement]) -> Table:
 )
 @click.option("--no-agreement", is_flag=True, help="Skip the ONNX Runtime agreement check.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@noise_options
 def export(
     source: str | None,
     arch: str | None,
@@ -104,8 +106,13 @@ def export(
     calibration_images: Path | None,
     no_agreement: bool,
     force: bool,
+    **recipe_args: Any,
 ) -> None:
-    """Export a UNet (+ VAE encoder) to ONNX: images in, one output per tap."""
+    """Export a UNet (+ VAE encoder) to ONNX: images in, one output per tap.
+
+    `--recipe dift|sd-dino|geoaware|cleandift` fills the method's taps, noise, FreeU and size
+    (options given explicitly win); `--noise-timestep T` exports noisy (DIFT-style) features.
+    """
     from ..models.loading import resolve_source
     from .agreement import TapAgreement
     from .exporter import export_onnx
@@ -128,6 +135,7 @@ def export(
         random_init=random_init,
         check_agreement=not no_agreement,
     )
+    options = with_recipe(options, click.get_current_context(), **recipe_args)
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
     with console.status(f"exporting {loaded.arch} ({precision}) to {out}"):
         manifest = export_onnx(loaded, out, options)

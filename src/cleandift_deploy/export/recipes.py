@@ -1,0 +1,129 @@
+"""Named export recipes (`--recipe`) and the noise / FreeU options of `export`.
+
+A recipe fills the defaults of the methods this toolkit deploys; any option given explicitly
+wins. Values are read from the reference code (METHODS.md):
+
+| recipe    | taps          | latent           | noise t | ensemble | FreeU | size | reference model |
+|-----------|---------------|------------------|---------|----------|-------|------|-----------------|
+| dift      | us6           | posterior sample | 261     | 8        | off   | 768  | SD 2.1          |
+| sd-dino   | us2 us5 us8   | posterior mean   | 100     | 1        | off   | 960  | SD 1.5          |
+| geoaware  | us2 us5 us8   | posterior mean   | 50      | 1        | on    | 960  | SD 1.5          |
+| cleandift | us6           | posterior mean   | none    | -        | off   | 768  | SD 2.1          |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from ..errors import CleanDiftError
+from .options import ExportOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The export defaults of one method."""
+
+    taps: tuple[str, ...]
+    noise_timestep: int | None
+    ensemble: int = 1
+    latent: str = "mean"
+    seed: int = 0
+    freeu: bool = False
+    image_size: int = 768
+
+
+RECIPES: dict[str, Recipe] = {
+    "dift": Recipe(("us6",), 261, ensemble=8, latent="sample"),
+    "sd-dino": Recipe(("us2", "us5", "us8"), 100, seed=42, image_size=960),
+    "geoaware": Recipe(("us2", "us5", "us8"), 50, seed=42, freeu=True, image_size=960),
+    "cleandift": Recipe(("us6",), None),
+}
+
+
+def noise_options(command: F) -> F:
+    """The `--recipe`, noise and FreeU options of `export` (read by `with_recipe`)."""
+    options = [
+        click.option("--recipe", type=click.Choice(list(RECIPES)), help="Method defaults."),
+        click.option("--noise-timestep", type=int, help="Noisy features at this t (DIFT: 261)."),
+        click.option("--ensemble", type=int, help="Noise draws averaged in the graph [1]."),
+        click.option("--noise-seed", type=int, help="Seed of the fixed noise [0]."),
+        click.option(
+            "--latent",
+            type=click.Choice(["sample", "mean"]),
+            help="Posterior sample per copy or its mean [sample with noise].",
+        ),
+        click.option(
+            "--random-noise", is_flag=True, help="Fresh noise on every call (no agreement)."
+        ),
+        click.option("--freeu/--no-freeu", default=None, help="FreeU in up blocks 0 and 1."),
+        click.option(
+            "--freeu-factors",
+            nargs=4,
+            type=float,
+            metavar="B1 B2 S1 S2",
+            help="FreeU factors [GeoAware's 1.2 1.4 0.9 0.2].",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
+def with_recipe(options: ExportOptions, ctx: click.Context, **args: Any) -> ExportOptions:
+    """`options` with the recipe's defaults (where the option was not given) and the noise and
+    FreeU settings of `noise_options`' arguments."""
+    recipe = RECIPES[args["recipe"]] if args["recipe"] else None
+    if recipe is not None:
+        if not _given(ctx, "taps"):
+            options = replace(options, taps=recipe.taps)
+        if not _given(ctx, "image_size") and options.size_range is None:
+            options = replace(options, image_size=(recipe.image_size, recipe.image_size))
+    noise = _noise(recipe, args)
+    if noise is not None and noise.random:
+        options = replace(options, check_agreement=False)  # fresh noise: nothing to agree with
+    return replace(options, noise=noise, freeu=_freeu(recipe, args))
+
+
+def _noise(recipe: Recipe | None, args: dict[str, Any]) -> Any:
+    from ..models.noise import NoiseSpec
+
+    def pick(name: str, fallback: Any) -> Any:
+        return fallback if args[name] is None else args[name]
+
+    timestep = pick("noise_timestep", recipe.noise_timestep if recipe else None)
+    if timestep is None:
+        stray = [f"--{n.replace('_', '-')}" for n in ("ensemble", "noise_seed", "latent") if args[n]]
+        if stray or args["random_noise"]:
+            used = ", ".join(stray + (["--random-noise"] if args["random_noise"] else []))
+            raise CleanDiftError(f"{used}: noisy features only; add --noise-timestep T")
+        return None
+    default_latent = recipe.latent if recipe and recipe.noise_timestep is not None else "sample"
+    return NoiseSpec(
+        timestep=timestep,
+        ensemble=pick("ensemble", recipe.ensemble if recipe else 1),
+        seed=pick("noise_seed", recipe.seed if recipe else 0),
+        latent=pick("latent", default_latent),
+        random=bool(args["random_noise"]),
+    )
+
+
+def _freeu(recipe: Recipe | None, args: dict[str, Any]) -> Any:
+    from ..models.freeu import FreeU
+
+    enabled = args["freeu"]
+    if enabled is None:
+        enabled = bool(args["freeu_factors"]) or (recipe is not None and recipe.freeu)
+    if not enabled:
+        return None
+    return FreeU(*args["freeu_factors"]) if args["freeu_factors"] else FreeU()
