@@ -9,7 +9,7 @@ collected and reported at the end instead of stopping the run.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,11 +99,6 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         save_file(tensors, str(temporary), metadata=metadata)
 
 
-def _chunks(jobs: list[Job], size: int) -> Iterator[list[Job]]:
-    for start in range(0, len(jobs), size):
-        yield jobs[start : start + size]
-
-
 def _content_cells(extractor: FeatureExtractor, tap: str, placement: Placement) -> tuple[int, int]:
     stride = next(t.stride for t in extractor.manifest.taps if t.name == tap)
     return -(-placement.content[0] // stride), -(-placement.content[1] // stride)
@@ -126,6 +121,42 @@ def _write_batch(
     return written
 
 
+def pending_jobs(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Path]]:
+    """The jobs still to run, and the outputs skipped because they exist (unless overwriting)."""
+    todo = [job for job in jobs if overwrite or not job.output.exists()]
+    pending = set(todo)
+    return todo, [job.output for job in jobs if job not in pending]
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Jobs in runs of the extractor's batch size: both the plain and the Ray path use these, so
+    every image meets the model in the same company and the outputs are byte-identical."""
+    return [jobs[start : start + size] for start in range(0, len(jobs), size)]
+
+
+def extract_batch(
+    extractor: FeatureExtractor, chunk: list[Job], pca: bool
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Read one batch of images and write their outputs: (written, [(image, why unreadable)])."""
+    readable: list[Job] = []
+    images: list[np.ndarray] = []
+    failed: list[tuple[Path, str]] = []
+    for job in chunk:
+        try:
+            images.append(read_image(job.image))
+            readable.append(job)
+        except CleanDiftError as err:
+            failed.append((job.image, str(err)))
+    written = _write_batch(extractor, readable, images, pca) if readable else []
+    return written, failed
+
+
+def progress_bar(show: bool) -> Progress:
+    """The bar `extract` shows: done / total and the time left."""
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    return Progress(*columns, TimeRemainingColumn(), disable=not show)
+
+
 def extract_files(
     extractor: FeatureExtractor,
     jobs: list[Job],
@@ -136,22 +167,12 @@ def extract_files(
 ) -> ExtractReport:
     """Run every job in batches of the extractor's batch size, with a progress bar."""
     report = ExtractReport()
-    todo = [job for job in jobs if overwrite or not job.output.exists()]
-    pending = set(todo)
-    report.skipped = [job.output for job in jobs if job not in pending]
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), disable=not show_progress) as progress:
+    todo, report.skipped = pending_jobs(jobs, overwrite)
+    with progress_bar(show_progress) as progress:
         task = progress.add_task("extracting", total=len(todo))
-        for chunk in _chunks(todo, extractor.batch_size):
-            readable: list[Job] = []
-            images: list[np.ndarray] = []
-            for job in chunk:
-                try:
-                    images.append(read_image(job.image))
-                    readable.append(job)
-                except CleanDiftError as err:
-                    report.failed.append((job.image, str(err)))
-            if readable:
-                report.written.extend(_write_batch(extractor, readable, images, pca))
+        for chunk in batches(todo, extractor.batch_size):
+            written, failed = extract_batch(extractor, chunk, pca)
+            report.written.extend(written)
+            report.failed.extend(failed)
             progress.advance(task, len(chunk))
     return report
