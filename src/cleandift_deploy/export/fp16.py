@@ -106,9 +106,28 @@ def fp32_nodes(model: onnx.ModelProto, keep: Iterable[str]) -> set[str]:
     return unsafe | attention_score_nodes(graph.node) | timestep | set(keep)
 
 
-def _to_half(tensor: TensorProto, name: str) -> TensorProto:
+def _half_values(tensor: TensorProto) -> np.ndarray:
     values = numpy_helper.to_array(tensor).astype(np.float32)
-    return numpy_helper.from_array(np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16), name)
+    return np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16)
+
+
+def _to_half(tensor: TensorProto, name: str) -> TensorProto:
+    return numpy_helper.from_array(_half_values(tensor), name)
+
+
+def _halve_in_place(tensor: TensorProto) -> None:
+    """Replace an fp32 initializer's data by its fp16 values (the fp32 bytes are freed)."""
+    half = _half_values(tensor)
+    del tensor.float_data[:]
+    tensor.raw_data = half.tobytes()
+    tensor.data_type = HALF
+
+
+def _data_inputs(node: onnx.NodeProto) -> list[str]:
+    """The inputs whose type follows the node's precision (Resize: only the data, not scales)."""
+    if node.op_type in TYPE_BLIND_OPS:
+        return []
+    return list(node.input[:1] if node.op_type == "Resize" else node.input)
 
 
 class _Rewriter:
@@ -143,10 +162,27 @@ class _Rewriter:
             return f"{name}/fp16"
         return self.cast(name, to)
 
+    def halve_fp16_only_initializers(self, model: onnx.ModelProto, targets: dict[str, int]) -> None:
+        """Convert in place the fp32 initializers that only fp16 nodes read, so the pass never
+        holds their fp32 and fp16 copies at once (the full SD2.1 UNet: 3 GB less at the peak).
+        Initializers with any other reader keep fp32 and get an fp16 copy where needed."""
+        readers: dict[str, set[int]] = {}
+        for node in model.graph.node:
+            data = set(_data_inputs(node))
+            for name in node.input:
+                if name in self.initializers:
+                    target = targets.get(node.name, FLOAT) if name in data else FLOAT
+                    readers.setdefault(name, set()).add(target)
+        outputs = {o.name for o in model.graph.output}
+        for name, wanted in readers.items():
+            if wanted == {HALF} and self.now.get(name) == FLOAT and name not in outputs:
+                _halve_in_place(self.initializers[name])
+                self.now[name] = self.types[name] = HALF
+
     def visit(self, node: onnx.NodeProto, target: int) -> None:
         """Rewrite one node to compute in `target`, converting its float inputs as needed."""
         if node.op_type not in TYPE_BLIND_OPS:
-            data_inputs = 1 if node.op_type == "Resize" else len(node.input)
+            data_inputs = len(_data_inputs(node))
             for index, name in enumerate(node.input[:data_inputs]):
                 if name and self.now.get(name, target) != target:
                     node.input[index] = self.converted(name, target)
@@ -194,15 +230,22 @@ def _restore_output_types(rewriter: _Rewriter, model: onnx.ModelProto) -> None:
 def to_mixed_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> onnx.ModelProto:
     """The fp16 version of a shape-inferred fp32 graph, with fp32 islands where unsafe.
 
-    The result carries no intermediate types (they changed); the saved file's full check infers
-    them again, without a second in-memory copy of the weights here.
+    The model is changed in place: initializers only fp16 nodes read become fp16 where they are,
+    so the weights are never held in both precisions. The result carries no intermediate types
+    (they changed); the saved file's full check infers them again.
     """
     name_nodes(model)
     keep_fp32 = fp32_nodes(model, keep)
     rewriter = _Rewriter(model)
+    targets = {
+        node.name: FLOAT if node.name in keep_fp32 else HALF
+        for node in model.graph.node
+        if rewriter.computes_on_floats(node)
+    }
+    rewriter.halve_fp16_only_initializers(model, targets)
     for node in model.graph.node:
-        if rewriter.computes_on_floats(node):
-            rewriter.visit(node, FLOAT if node.name in keep_fp32 else HALF)
+        if node.name in targets:
+            rewriter.visit(node, targets[node.name])
         else:
             rewriter.nodes.append(node)
     _restore_output_types(rewriter, model)
