@@ -11,6 +11,7 @@ from .errors import CleanDiftError
 from .eval.commands import COMMANDS as EVAL_COMMANDS
 from .export.commands import COMMANDS as EXPORT_COMMANDS
 from .export.dinov2_commands import COMMANDS as DINOV2_COMMANDS
+from .hyperfeatures.commands import COMMANDS as HYPERFEATURE_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
 from .runtime.commands import COMMANDS as RUNTIME_COMMANDS
 from .serve.commands import COMMANDS as SERVE_COMMANDS
@@ -30,6 +31,7 @@ for command in (
     *DINOV2_COMMANDS,
     *RUNTIME_COMMANDS,
     *TRAIN_COMMANDS,
+    *HYPERFEATURE_COMMANDS,
     *EVAL_COMMANDS,
     *TRITON_COMMANDS,
     *SERVE_COMMANDS,

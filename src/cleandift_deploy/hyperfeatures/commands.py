@@ -1,0 +1,121 @@
+"""CLI verbs of Diffusion Hyperfeatures: `train-hyperfeatures` (and the one-step export)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from ..models.commands import model_source_options
+
+console = Console(stderr=True)
+VARIANT_NAMES = ("one-step", "multi-step")
+
+
+@click.command("train-hyperfeatures")
+@model_source_options
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="SPair-71k root, or any set in its layout (e.g. `eval make-synthetic`).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--split", default="trn", show_default=True, help="Pair split to train on.")
+@click.option("--categories", multiple=True, help="Only these categories (repeatable).")
+@click.option("--limit", type=int, help="At most N pairs per category.")
+@click.option("--steps", type=int, default=5000, show_default=True, help="One pair per step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option(
+    "--variant",
+    type=click.Choice(VARIANT_NAMES),
+    default="one-step",
+    show_default=True,
+    help="One UNet call at t=-1, or 50-step DDIM inversion keeping 11 timesteps.",
+)
+@click.option(
+    "--latent",
+    type=click.Choice(["sample", "mean"]),
+    default="sample",
+    show_default=True,
+    help="VAE posterior sample (the reference) or mean (what the exported graph computes).",
+)
+@click.option("--image-size", type=int, help="Square image side (default: the architecture's).")
+@click.option(
+    "--cache-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
+)
+@click.option("--cache", type=click.Path(path_type=Path), help="Feature cache (OUT/feature-cache).")
+@click.option("--save-every", type=int, default=500, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+def train_hyperfeatures(
+    source: str | None,
+    arch: str | None,
+    random_init: bool,
+    seed: int,
+    data: Path,
+    out: Path,
+    split: str,
+    categories: tuple[str, ...],
+    limit: int | None,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    variant: str,
+    latent: str,
+    image_size: int | None,
+    cache_dtype: str,
+    cache: Path | None,
+    save_every: int,
+    device: str,
+    resume: bool,
+) -> None:
+    """Train the hyperfeature aggregation network on keypoint pairs (UNet maps cached once)."""
+    from ..errors import CleanDiftError
+    from ..models.loading import resolve_source
+    from ..train.progress import training_progress
+    from .extract import ExtractSettings
+    from .run import RunOptions, run_training
+    from .schedule import get_variant
+    from .train import HyperTrainSettings
+
+    if steps < 1 or save_every < 1:
+        raise CleanDiftError("--steps and --save-every must be at least 1")
+    loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
+    options = RunOptions(
+        data=data,
+        out=out,
+        split=split,
+        categories=categories or None,
+        limit=limit,
+        cache=cache,
+        resume=resume,
+        device=device,
+        extract=ExtractSettings(get_variant(variant), latent, image_size, seed, cache_dtype),
+        train=HyperTrainSettings(steps, lr, weight_decay, seed, save_every),
+    )
+    with _cache_progress() as on_cache, training_progress(0, steps, console) as on_step:
+        result = run_training(loaded, options, on_cache, on_step)
+    console.print(
+        f"step {len(result.history)}: loss {result.history[-1]:.4f} "
+        f"(first {result.history[0]:.4f}); UNet maps computed for {result.extractions} images"
+    )
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}")
+
+
+@contextmanager
+def _cache_progress() -> Iterator[Callable[[int, int], None]]:
+    """A bar over the images whose UNet maps are computed (or found) before training."""
+    columns = (TextColumn("[bold]UNet maps"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("maps", total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+COMMANDS: list[click.Command] = [train_hyperfeatures]
