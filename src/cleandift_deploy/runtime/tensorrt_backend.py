@@ -3,9 +3,11 @@
 Before deserialising, the manifest's TensorRT version and target GPU compute capabilities are
 checked against this machine, because a mismatched engine either fails with an obscure message or
 is refused deep inside TensorRT. At run time, inputs and outputs are torch CUDA tensors bound by
-name with `set_tensor_address` (no host copies); `execute_async_v3` runs on the extractor's own
-CUDA stream; the optimisation profile is picked from the input shapes; each fixed set of shapes is
-captured once as a CUDA graph and replayed after; every thread gets its own execution context.
+name with `set_tensor_address` (no host copies; addresses 256-byte aligned, every boolean TensorRT
+returns is checked); `execute_async_v3` runs on a dedicated CUDA stream per lane; the optimisation
+profile is picked from the input shapes. Execution contexts, their shared user-managed device
+memory, CUDA graph capture with its fallback to eager runs, and the locking between threads are
+`trt_contexts.ContextPool`'s job: one context per (lane, shapes), a bounded number of lanes.
 
 `tensorrt` and CUDA are imported lazily: this module imports (and type-checks against
 tensorrt-stubs) on machines without either.
@@ -13,11 +15,11 @@ tensorrt-stubs) on machines without either.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import re
-import threading
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ import torch
 
 from ..errors import CleanDiftError
 from ..manifest import Manifest
+from .trt_contexts import ContextPool, Lane, check, is_aligned
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -113,6 +116,20 @@ def check_compute_capability(manifest: Manifest, device: tuple[int, int]) -> Non
         )
 
 
+def check_build_gpu(manifest: Manifest, device: tuple[int, int]) -> None:
+    """An engine runs only on its build GPU's compute capability, unless it was built
+    hardware-compatible (Ampere and newer): check whichever the manifest records."""
+    level = str(manifest.target.get("hardware_compatibility", "none")).lower()
+    if level == "ampere_plus":
+        if device < (8, 0):
+            raise CleanDiftError(
+                f"the engine was built hardware-compatible for Ampere and newer GPUs, this GPU is "
+                f"{device[0]}.{device[1]}: run the .onnx artifact on this GPU"
+            )
+        return
+    check_compute_capability(manifest, device)
+
+
 def select_profile(profiles: Sequence[ProfileShapes], shapes: Mapping[str, Shape]) -> int:
     """The first optimisation profile whose [min, max] ranges hold every input shape."""
     for index, profile in enumerate(profiles):
@@ -138,30 +155,50 @@ def _shape(dims: trt.Dims) -> Shape:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-@dataclass
-class _CapturedGraph:
-    """A CUDA graph of one execution at fixed shapes, with the buffers it reads and writes."""
+def _cudart() -> ctypes.CDLL | None:
+    """The CUDA runtime library torch loaded (read from /proc/self/maps), if any."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = sorted({line.split()[-1] for line in maps.splitlines() if "libcudart.so" in line})
+    return ctypes.CDLL(paths[0]) if paths else None
 
-    graph: torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]
-    outputs: dict[str, torch.Tensor]
 
-
-@dataclass
-class _ThreadState:
-    """What one thread owns: an execution context, a CUDA stream and its captured graphs."""
-
-    context: trt.IExecutionContext
-    stream: torch.cuda.Stream
-    profile: int = -1
-    graphs: dict[tuple[tuple[str, Shape], ...], _CapturedGraph] = field(default_factory=dict)
+def dedicated_stream(device: torch.device) -> torch.cuda.Stream:
+    """A CUDA stream no other code uses: `torch.cuda.Stream()` hands out 32 streams round-robin
+    to every caller in the process, and work another thread puts on a stream being captured
+    would land in the graph. Created with cudaStreamCreateWithFlags (non-blocking) through the
+    runtime torch uses; a pooled torch stream only where that library is not found."""
+    cudart = _cudart()
+    if cudart is None:
+        return torch.cuda.Stream(device)
+    handle = ctypes.c_void_p()
+    with torch.cuda.device(device):
+        code = cudart.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))
+    if code != 0 or not handle.value:
+        raise CleanDiftError(f"could not create a CUDA stream (CUDA error {code})")
+    stream = torch.cuda.ExternalStream(handle.value, device=device)
+    weakref.finalize(stream, cudart.cudaStreamDestroy, ctypes.c_void_p(handle.value))
+    return stream
 
 
 class TensorRTBackend:
-    """Runs a serialised TensorRT engine on one CUDA GPU."""
+    """Runs a serialised TensorRT engine on one CUDA GPU; `run` is safe from several threads.
+
+    `lanes` bounds how many runs go at once (each lane holds one scratch buffer of
+    `engine.device_memory_size_v2` bytes and up to `shapes_per_lane` contexts with their graphs);
+    `cuda_graphs=False` runs every call eagerly.
+    """
 
     def __init__(
-        self, path: Path, manifest: Manifest, device: str = "cuda", cuda_graphs: bool = True
+        self,
+        path: Path,
+        manifest: Manifest,
+        device: str = "cuda",
+        cuda_graphs: bool = True,
+        lanes: int = 2,
+        shapes_per_lane: int = 4,
     ) -> None:
         require_tensorrt()
         import tensorrt as trt
@@ -170,7 +207,7 @@ class TensorRTBackend:
             raise CleanDiftError("TensorRT engines need an NVIDIA GPU; torch sees none here")
         self.device = torch.device(device)
         check_tensorrt_version(manifest, trt.__version__)
-        check_compute_capability(manifest, torch.cuda.get_device_capability(self.device))
+        check_build_gpu(manifest, torch.cuda.get_device_capability(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         with torch.cuda.device(self.device):
@@ -188,10 +225,15 @@ class TensorRTBackend:
                 f"{path} lacks the outputs {', '.join(missing)} its manifest lists: rebuild it"
             )
         self.profiles = [self._profile(p) for p in range(engine.num_optimization_profiles)]
-        self.cuda_graphs = cuda_graphs
         self.name = "tensorrt"
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self.pool = ContextPool(
+            self, lanes=lanes, shapes_per_lane=shapes_per_lane, cuda_graphs=cuda_graphs
+        )
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether runs replay CUDA graphs (False when asked, or after a capture failed)."""
+        return self.pool.cuda_graphs
 
     def _profile(self, index: int) -> ProfileShapes:
         profile: ProfileShapes = {}
@@ -206,80 +248,93 @@ class TensorRTBackend:
             raise CleanDiftError(f"engine tensor {name} has unsupported type {kind}")
         return _DTYPES[kind]
 
-    def _state(self) -> _ThreadState:
-        state: _ThreadState | None = getattr(self._local, "state", None)
-        if state is None:
-            with self._lock, torch.cuda.device(self.device):
-                context = self.engine.create_execution_context()
-                if context is None:
-                    raise CleanDiftError("TensorRT could not create an execution context")
-                state = _ThreadState(context, torch.cuda.Stream(self.device))
-            self._local.state = state
-        return state
+    def new_lane(self, index: int) -> Lane:
+        """A dedicated stream and one scratch buffer that all the lane's contexts share."""
+        with torch.cuda.device(self.device):
+            stream = dedicated_stream(self.device)
+            size = max(int(self.engine.device_memory_size_v2), 1)
+            memory = torch.empty(size, dtype=torch.uint8, device=self.device)
+        memory.record_stream(stream)
+        return Lane(index, stream, memory)
 
-    def _bind(
-        self, state: _ThreadState, inputs: Mapping[str, torch.Tensor]
+    def new_context(self, lane: Lane) -> trt.IExecutionContext:
+        """A context on the lane's scratch buffer (created without memory of its own)."""
+        import tensorrt as trt
+
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        with torch.cuda.device(self.device):
+            context = self.engine.create_execution_context(strategy)
+        if context is None:
+            raise CleanDiftError("TensorRT could not create an execution context")
+        context.set_device_memory(lane.memory.data_ptr(), int(self.engine.device_memory_size_v2))
+        return context
+
+    def bind(
+        self, context: trt.IExecutionContext, lane: Lane, inputs: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Select the profile, set shapes and addresses; allocate and bind the outputs."""
         shapes = {name: tuple(inputs[name].shape) for name in self.input_names}
         profile = select_profile(self.profiles, shapes)
-        context = state.context
-        if profile != state.profile:
-            context.set_optimization_profile_async(profile, state.stream.cuda_stream)
-            state.profile = profile
+        if context.active_optimization_profile != profile:
+            selected = context.set_optimization_profile_async(profile, lane.stream.cuda_stream)
+            check(selected, f"select optimisation profile {profile}")
         for name in self.input_names:
-            context.set_input_shape(name, shapes[name])
-            context.set_tensor_address(name, inputs[name].data_ptr())
+            check(context.set_input_shape(name, shapes[name]), f"set {name} to {shapes[name]}")
+            _bind_address(context, name, inputs[name])
         outputs = {}
         for name in self.output_names:
             shape = _shape(context.get_tensor_shape(name))
+            if any(size < 0 for size in shape):
+                raise CleanDiftError(f"TensorRT could not infer the shape of {name} ({shape})")
             outputs[name] = torch.empty(shape, dtype=self._dtype(name), device=self.device)
-            context.set_tensor_address(name, outputs[name].data_ptr())
+            _bind_address(context, name, outputs[name])
         return outputs
 
-    def _execute(self, state: _ThreadState) -> None:
-        if not state.context.execute_async_v3(state.stream.cuda_stream):
-            raise CleanDiftError("TensorRT execution failed (see the TensorRT log above)")
+    def execute(self, context: trt.IExecutionContext, lane: Lane) -> None:
+        """Enqueue one execution on the lane's stream."""
+        check(context.execute_async_v3(lane.stream.cuda_stream), "run the engine")
 
-    def _capture(self, state: _ThreadState, inputs: Mapping[str, torch.Tensor]) -> _CapturedGraph:
-        """Run once at these shapes (TensorRT finishes its set-up), then capture a replay."""
-        static = {name: tensor.clone() for name, tensor in inputs.items()}
-        outputs = self._bind(state, static)
-        self._execute(state)
-        state.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=state.stream, capture_error_mode="thread_local"):
-            self._execute(state)
-        return _CapturedGraph(graph, static, outputs)
+    def synchronize(self, lane: Lane) -> None:
+        """Wait until the lane's queued work is done."""
+        lane.stream.synchronize()
 
-    def _prepare(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            name: inputs[name].to(self.device, self._dtype(name), non_blocking=True).contiguous()
-            for name in self.input_names
-        }
+    def new_graph(self) -> torch.cuda.CUDAGraph:
+        """An empty CUDA graph (captured by the pool with capture_error_mode="thread_local")."""
+        return torch.cuda.CUDAGraph()
+
+    def renew_stream(self, lane: Lane) -> None:
+        """A fresh stream for a lane whose capture failed."""
+        lane.stream = dedicated_stream(self.device)
+
+    def _prepare(self, inputs: Mapping[str, torch.Tensor], lane: Lane) -> dict[str, torch.Tensor]:
+        """Inputs on the device, in the engine's dtypes, contiguous and 256-byte aligned."""
+        prepared = {}
+        for name in self.input_names:
+            source = inputs[name]
+            tensor = source.to(self.device, self._dtype(name), non_blocking=True).contiguous()
+            if tensor.data_ptr() == source.data_ptr() and source.is_cuda:
+                source.record_stream(lane.stream)  # the caller's memory, read on our stream
+            if not is_aligned(tensor.data_ptr()):
+                tensor = tensor.clone()
+            prepared[name] = tensor
+        return prepared
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Taps for one batch: CUDA tensors in and out, float32, ordered after the caller's
         current stream and before its later work."""
-        state = self._state()
         caller = torch.cuda.current_stream(self.device)
-        state.stream.wait_stream(caller)
-        with torch.cuda.stream(state.stream):
-            tensors = self._prepare(inputs)
-            if self.cuda_graphs:
-                key = tuple(sorted((name, tuple(t.shape)) for name, t in tensors.items()))
-                if key not in state.graphs:
-                    state.graphs[key] = self._capture(state, tensors)
-                captured = state.graphs[key]
-                for name, tensor in tensors.items():
-                    captured.inputs[name].copy_(tensor)
-                captured.graph.replay()
-                result = {n: o.to(torch.float32, copy=True) for n, o in captured.outputs.items()}
-            else:
-                outputs = self._bind(state, tensors)
-                self._execute(state)
-                result = {name: out.float() for name, out in outputs.items()}
-        caller.wait_stream(state.stream)
+        with self.pool.lane() as lane, torch.cuda.device(self.device):
+            lane.stream.wait_stream(caller)
+            with torch.cuda.stream(lane.stream):
+                outputs = self.pool.execute(lane, self._prepare(inputs, lane))
+                result = {n: o.to(torch.float32, copy=True) for n, o in outputs.items()}
+            caller.wait_stream(lane.stream)
         for tensor in result.values():
             tensor.record_stream(caller)
         return result
+
+
+def _bind_address(context: trt.IExecutionContext, name: str, tensor: torch.Tensor) -> None:
+    if not is_aligned(tensor.data_ptr()):
+        raise CleanDiftError(f"{name} is not 256-byte aligned, which TensorRT requires")
+    check(context.set_tensor_address(name, tensor.data_ptr()), f"bind {name}")
