@@ -13,7 +13,6 @@ import onnx
 from .. import __version__
 from ..errors import CleanDiftError
 from ..manifest import InputInfo, Manifest
-from ..models import tap_infos
 from ..models.loading import LoadedUNet
 from .agreement import as_record, failures
 from .artifact_files import (
@@ -26,7 +25,7 @@ from .artifact_files import (
 from .calibration import calibrated_keep_list, read_images
 from .cleanup import fold_and_clean
 from .fp16 import to_mixed_fp16
-from .graph_module import IMAGE_INPUT, LATENT_INPUT, ExportGraph, build_export_graph
+from .graph_module import IMAGE_INPUT, LATENT_INPUT, ExportGraph, GraphSpec, build_export_graph
 from .measure import agreement_batches, measure_agreement
 from .options import ExportOptions
 from .shapes import ShapePlan, plan_shapes, sample_inputs
@@ -66,7 +65,7 @@ def _manifest(
         arch=loaded.arch,
         source=loaded.source,
         checkpoint_sha256=loaded.checkpoint_sha256,
-        taps=tap_infos(loaded.unet.config, module.taps),
+        taps=module.output_infos(loaded.unet.config),
         input=input_info(options.vae),
         batch=plan.batch,
         height=plan.height,
@@ -100,19 +99,22 @@ def _calibration_images(options: ExportOptions, plan: ShapePlan) -> list[np.ndar
     return read_images(options.calibration_images, plan.height.opt, plan.width.opt)
 
 
-def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manifest:
+def export_onnx(
+    loaded: LoadedUNet, out: Path, options: ExportOptions, spec: GraphSpec | None = None
+) -> Manifest:
     """Export `loaded` to `out` (.onnx, plus .onnx.data when large) with `out`'s .json manifest.
 
     The graph is traced in fp32, cleaned (constants folded, shapes inferred), converted to mixed
     fp16 when asked, checked with `onnx.checker`, measured against PyTorch in ONNX Runtime and
-    written atomically. Returns the manifest.
+    written atomically. Returns the manifest. `spec` replaces the module built from `options`
+    (a graph with a head, e.g. the hyperfeature aggregation network).
     """
     out = Path(out)
     options.check()
     refuse_existing_artifact(out, options.force)
     plan = plan_shapes(loaded.arch, options)
     calibration = _calibration_images(options, plan)
-    spec = build_export_graph(loaded, options)
+    spec = spec or build_export_graph(loaded, options)
     module = spec.module
     started = time.perf_counter()
     with staging_folder(out) as folder:
@@ -130,6 +132,7 @@ def export_onnx(loaded: LoadedUNet, out: Path, options: ExportOptions) -> Manife
             options,
             plan,
             module,
+            **spec.build,
             nodes_traced=nodes_before,
             nodes_cleaned=nodes_after,
             external_data=external,

@@ -6,12 +6,22 @@ an input prompt embedding) so that the traced ONNX graph and the PyTorch referen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import FeatureUNet, ImageFeatureModel, VAEEncoder, load_vae, prompt_embedding
+from ..manifest import TapInfo
+from ..models import (
+    FeatureUNet,
+    ImageFeatureModel,
+    VAEEncoder,
+    load_vae,
+    prompt_embedding,
+    tap_infos,
+)
 from ..models.loading import LoadedUNet
 from ..models.noise import EnsembleNoiser
 from ..models.taps import LATENT_STRIDE
@@ -55,6 +65,10 @@ class ExportGraph(nn.Module):
         """Output names, in order."""
         return self.features.taps
 
+    def output_infos(self, unet_config: Mapping[str, Any]) -> list[TapInfo]:
+        """The manifest's description of the outputs (a subclass with a head overrides it)."""
+        return tap_infos(unet_config, self.taps)
+
     @property
     def input_names(self) -> list[str]:
         """Graph input names, in `forward` order."""
@@ -83,6 +97,8 @@ class GraphSpec:
     timestep: float
     prompt: str | None
     cross_attention_dim: int
+    build: dict[str, Any] = field(default_factory=dict)
+    """Extra entries for the manifest's `build` record (e.g. a head's provenance)."""
 
 
 def is_random_init(loaded: LoadedUNet) -> bool:
