@@ -86,3 +86,12 @@ def test_truncated_weights_are_refused(exported: Path, tmp_path: Path) -> None:
     path.with_name(path.name + ".data").write_bytes(data[: len(data) // 2])
     with pytest.raises(CleanDiftError, match="cannot load"):
         create_session(path)
+
+
+def test_session_creation_prints_no_optimiser_warnings(
+    exported: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    capfd.readouterr()
+    create_session(exported)
+    assert session_options().log_severity_level == 3
+    assert "Removing initializer" not in capfd.readouterr().err
