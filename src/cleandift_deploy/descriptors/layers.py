@@ -16,6 +16,11 @@ from ..errors import CleanDiftError
 EPS = 1e-12
 
 
+def grid_of(feature_map: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of a [C, h, w] map."""
+    return int(feature_map.shape[-2]), int(feature_map.shape[-1])
+
+
 def resize_map(feature_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[C, h, w] bilinearly resized to `size` (align_corners=False, as the references)."""
     if tuple(feature_map.shape[1:]) == tuple(size):
@@ -39,7 +44,7 @@ def progressive_concat(maps: Sequence[torch.Tensor]) -> torch.Tensor:
         raise CleanDiftError("no feature maps to concatenate")
     stacked = maps[-1].float()
     for finer in reversed(maps[:-1]):
-        stacked = torch.cat([finer.float(), resize_map(stacked, tuple(finer.shape[1:]))])
+        stacked = torch.cat([finer.float(), resize_map(stacked, grid_of(finer))])
     return stacked
 
 

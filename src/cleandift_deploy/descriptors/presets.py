@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import CleanDiftError
-from .layers import normalise_parts, progressive_concat, resize_concat, resize_map
+from .layers import grid_of, normalise_parts, progressive_concat, resize_concat, resize_map
 from .pca import PcaBasis, co_pca_maps
 
 COMBINES = ("single", "progressive", "resize")
@@ -119,7 +119,7 @@ def combine_layers(preset: Preset, maps: list[torch.Tensor]) -> torch.Tensor:
         return maps[0]
     if preset.combine == "progressive":
         return progressive_concat(maps)
-    return resize_concat(maps, tuple(maps[0].shape[1:]))
+    return resize_concat(maps, grid_of(maps[0]))
 
 
 def fuse(preset: Preset, sd: torch.Tensor, dino: torch.Tensor | None) -> torch.Tensor:
@@ -129,7 +129,7 @@ def fuse(preset: Preset, sd: torch.Tensor, dino: torch.Tensor | None) -> torch.T
         return sd
     if dino is None:
         raise CleanDiftError(f"preset {preset.name} fuses DINOv2 features: give a DINOv2 model")
-    sd = resize_map(sd, tuple(dino.shape[1:]))
+    sd = resize_map(sd, grid_of(dino))
     return normalise_parts([sd, dino.float()], preset.weights, preset.renormalise)
 
 
