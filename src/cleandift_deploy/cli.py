@@ -13,6 +13,7 @@ from .export.commands import COMMANDS as EXPORT_COMMANDS
 from .export.dinov2_commands import COMMANDS as DINOV2_COMMANDS
 from .hyperfeatures.commands import COMMANDS as HYPERFEATURE_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
+from .runtime.bench_commands import COMMANDS as BENCH_COMMANDS
 from .runtime.commands import COMMANDS as RUNTIME_COMMANDS
 from .serve.commands import COMMANDS as SERVE_COMMANDS
 from .serve.triton_commands import COMMANDS as TRITON_COMMANDS
@@ -34,6 +35,7 @@ for command in (
     *HYPERFEATURE_COMMANDS,
     *EVAL_COMMANDS,
     *TRITON_COMMANDS,
+    *BENCH_COMMANDS,
     *SERVE_COMMANDS,
 ):
     cli.add_command(command)
