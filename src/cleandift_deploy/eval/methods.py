@@ -81,6 +81,7 @@ METHODS: dict[str, MethodFactory] = {}
 METHOD_MODULES: tuple[str, ...] = (
     "cleandift_deploy.eval.features",  # "features": one artifact, one tap
     "cleandift_deploy.hedlin.method",  # "hedlin": prompt-optimised attention (Hedlin et al.)
+    "cleandift_deploy.hyperfeatures.method",  # "hyperfeatures": Diffusion Hyperfeatures
 )
 """Modules imported before building a method, so that each registers its methods."""
 

@@ -17,10 +17,13 @@ from safetensors.torch import save_file
 from ..atomic import atomic_path
 from ..errors import CleanDiftError
 from ..models.checkpoints import load_strict, read_aligned
+from ..models.loading import LoadedUNet
 from .aggregation import AggregationNetwork
 
 AGGREGATOR_FORMAT = "cleandift-deploy-hyperfeatures/1"
 AGGREGATOR_NAME = "aggregator.safetensors"
+RANDOM_SOURCE = "random-init:"
+RANDOM_SEED = "random-init-seed"
 
 
 @dataclass(frozen=True)
@@ -76,3 +79,26 @@ def load_aggregator(path: Path) -> tuple[AggregationNetwork, AggregatorInfo]:
     network = info.build()
     load_strict(network, tensors, f"aggregation network {path}")
     return network.eval(), info
+
+
+def unet_for(info: AggregatorInfo, source: str | Path | None = None) -> LoadedUNet:
+    """The UNet the network was trained on: `source`, else the one its info names (random
+    weights are rebuilt from their seed); a different checkpoint is refused."""
+    from ..models import ARCHS, random_unet
+    from ..models.loading import resolve_source
+
+    if source is None and info.source.startswith(RANDOM_SOURCE):
+        seed = info.checkpoint_sha256.removeprefix(RANDOM_SEED)
+        return random_unet(info.arch, int(seed) if seed.isdigit() else 0)
+    where = source or info.source
+    if source is None and not Path(where).exists():
+        raise CleanDiftError(
+            f"the UNet {where} the network was trained on is not on this machine: pass --source"
+        )
+    loaded = resolve_source(where, arch=info.arch if info.arch in ARCHS else None)
+    if loaded.checkpoint_sha256 != info.checkpoint_sha256:
+        raise CleanDiftError(
+            f"{where} is not the UNet the network was trained on (sha256 "
+            f"{loaded.checkpoint_sha256[:12]} vs {info.checkpoint_sha256[:12]}): give that UNet"
+        )
+    return loaded

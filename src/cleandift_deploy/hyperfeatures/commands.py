@@ -118,4 +118,60 @@ def _cache_progress() -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
-COMMANDS: list[click.Command] = [train_hyperfeatures]
+@click.command("export-hyperfeatures")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--source", help="The UNet it was trained on (default: the one its file names).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--image-size", nargs=2, type=int, metavar="H W", help="Optimisation size (px).")
+@click.option("--batch", default="1", show_default=True, help="MIN:OPT:MAX batch range.")
+@click.option("--size-range", nargs=2, metavar="HMINxWMIN HMAXxWMAX", help="Dynamic size range.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--no-agreement", is_flag=True, help="Skip the ONNX Runtime agreement check.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def export_hyperfeatures(
+    checkpoint: Path,
+    source: str | None,
+    out: Path,
+    image_size: tuple[int, int] | None,
+    batch: str,
+    size_range: tuple[str, str] | None,
+    opset: int,
+    precision: str,
+    no_agreement: bool,
+    force: bool,
+) -> None:
+    """Export the one-step hyperfeature graph (image -> UNet taps -> aggregation) to ONNX."""
+    from ..export.commands import agreement_table, parse_batch, parse_size
+    from ..export.exporter import export_onnx
+    from ..export.options import ExportOptions
+    from .checkpoint import load_aggregator, unet_for
+    from .graph import hyperfeature_spec
+
+    network, info = load_aggregator(checkpoint)
+    loaded = unet_for(info, source)
+    options = ExportOptions(
+        image_size=image_size or (info.image_size, info.image_size),
+        batch=parse_batch(batch),
+        size_range=None
+        if size_range is None
+        else (parse_size(size_range[0]), parse_size(size_range[1])),
+        opset=opset,
+        precision=precision,
+        force=force,
+        check_agreement=not no_agreement,
+    )
+    spec = hyperfeature_spec(loaded, network, info, options, checkpoint)
+    with console.status(f"exporting the one-step hyperfeature graph ({precision}) to {out}"):
+        manifest = export_onnx(loaded, out, options, spec)
+    console.print(f"wrote {out}: {manifest.build['export_seconds']} s")
+    if manifest.agreement:
+        from ..export.agreement import TapAgreement
+
+        record = {t: TapAgreement(**v) for t, v in manifest.agreement["taps"].items()}
+        console.print(agreement_table("ONNX Runtime vs PyTorch fp32", record))
+        for line in manifest.agreement["failures"]:
+            console.print(f"[red]below threshold[/red] {line}")
+
+
+COMMANDS: list[click.Command] = [train_hyperfeatures, export_hyperfeatures]
