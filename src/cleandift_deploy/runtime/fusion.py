@@ -70,7 +70,7 @@ def canvas_to_original(xy: torch.Tensor, placement: Placement) -> torch.Tensor:
     return torch.stack([x, y], dim=1)
 
 
-def _size_within(manifest: Manifest, side: int, multiple: int) -> tuple[int, int]:
+def size_within(manifest: Manifest, side: int, multiple: int) -> tuple[int, int]:
     """`side` when the artifact's range holds it, else the artifact's optimal size."""
     if side % multiple == 0 and manifest.height.contains(side) and manifest.width.contains(side):
         return side, side
@@ -116,21 +116,24 @@ class FusionExtractor:
         the artifact's range holds them, else to the artifact's optimal size."""
         spec = get_preset(preset) if isinstance(preset, str) else preset
         sd_manifest = Manifest.load(sidecar_path(Path(model)))
-        size = _size_within(sd_manifest, sd_size or spec.sd_size, sd_manifest.input.multiple)
+        size = size_within(sd_manifest, sd_size or spec.sd_size, sd_manifest.input.multiple)
         sd = FeatureExtractor.load(
             model, backend, taps=spec.sd_taps, image_size=size, resize=spec.sd_resize
         )
         dino_extractor = None
         if spec.dino and dino is not None:
             dino_manifest = Manifest.load(sidecar_path(Path(dino)))
-            side = _size_within(dino_manifest, dino_size or spec.dino_size, 14)
+            side = size_within(dino_manifest, dino_size or spec.dino_size, 14)
             dino_extractor = FeatureExtractor.load(dino, backend, image_size=side)
         return cls(spec, sd, dino_extractor, bases=bases, pca_method=pca_method)
 
-    def features(self, image: ImageInput) -> ImageFeatures:
-        """The raw features of one image, with each stage's seconds."""
+    def features(
+        self, image: ImageInput, encoder_hidden_states: torch.Tensor | None = None
+    ) -> ImageFeatures:
+        """The raw features of one image (with the prompt embedding when the SD model takes
+        one), with each stage's seconds."""
         started = time.perf_counter()
-        sd = self.sd.extract(image)
+        sd = self.sd.extract(image, encoder_hidden_states)
         found = ImageFeatures(
             sd={name: value[0] for name, value in sd.taps.items()},
             sd_placement=sd.placements[0],
@@ -187,40 +190,38 @@ def _covers_image(placement: Placement, canvas: tuple[int, int]) -> bool:
     return placement.offset == (0, 0) and placement.content == canvas
 
 
-def match_in_original(preset: Preset, pair: PairDescriptors, points: torch.Tensor) -> torch.Tensor:
+def match_in_original(
+    preset: Preset,
+    pair: PairDescriptors,
+    points: torch.Tensor,
+    mode: str | None = None,
+    radius: int = 5,
+    beta: float = 0.02,
+) -> torch.Tensor:
     """Match on the descriptor grid and return target points in original target pixels.
 
     Squashed images (DIFT, CleanDIFT) are matched as their references do: maps bilinearly
     upsampled to the ORIGINAL image sizes. Letterboxed ones (sd-dino, GeoAware) are matched on
     the descriptor grid in the canvas frame (cell centres, `patch * 14 + 6.5` at 840 px) and the
-    result is mapped back through the target's placement.
+    result is mapped back through the target's placement. `mode` defaults to the preset's;
+    window soft-argmax uses `radius` cells and temperature `beta` (GeoAware: 5, 0.02).
     """
     from ..kernels import match_points
 
     src_place, src_canvas = pair.source_features.grid_frame(preset)
     tgt_place, tgt_canvas = pair.target_features.grid_frame(preset)
     upsample = "bilinear" if preset.grid == "image" else "none"
-    if _covers_image(src_place, src_canvas) and _covers_image(tgt_place, tgt_canvas):
+
+    def run(query: torch.Tensor, src: tuple[int, int], tgt: tuple[int, int]) -> torch.Tensor:
         found = match_points(
-            pair.source,
-            pair.target,
-            points.float(),
-            src_place.original,
-            tgt_place.original,
-            upsample=upsample,
-            mode=preset.mode,
-        )
+            pair.source, pair.target, query.float(), src, tgt,
+            upsample=upsample, mode=mode or preset.mode, radius=radius, beta=beta,
+        )  # fmt: skip
         return found.points.double()
+
+    if _covers_image(src_place, src_canvas) and _covers_image(tgt_place, tgt_canvas):
+        return run(points, src_place.original, tgt_place.original)
     canvas_points = original_to_canvas(points, src_place)
     canvas_points[:, 0].clamp_(0, src_canvas[1] - 1)
     canvas_points[:, 1].clamp_(0, src_canvas[0] - 1)
-    found = match_points(
-        pair.source,
-        pair.target,
-        canvas_points.float(),
-        src_canvas,
-        tgt_canvas,
-        upsample=upsample,
-        mode=preset.mode,
-    )
-    return canvas_to_original(found.points, tgt_place)
+    return canvas_to_original(run(canvas_points, src_canvas, tgt_canvas), tgt_place)
