@@ -80,6 +80,7 @@ METHODS: dict[str, MethodFactory] = {}
 
 METHOD_MODULES: tuple[str, ...] = (
     "cleandift_deploy.eval.features",  # "features": one artifact, one tap
+    "cleandift_deploy.eval.descriptor_method",  # "descriptor": presets over SD (+ DINOv2)
     "cleandift_deploy.hedlin.method",  # "hedlin": prompt-optimised attention (Hedlin et al.)
     "cleandift_deploy.hyperfeatures.method",  # "hyperfeatures": Diffusion Hyperfeatures
 )
