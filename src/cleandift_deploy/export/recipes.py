@@ -3,12 +3,14 @@
 A recipe fills the defaults of the methods this toolkit deploys; any option given explicitly
 wins. Values are read from the reference code (METHODS.md):
 
-| recipe    | taps          | latent           | noise t | ensemble | FreeU | size | reference model |
-|-----------|---------------|------------------|---------|----------|-------|------|-----------------|
-| dift      | us6           | posterior sample | 261     | 8        | off   | 768  | SD 2.1          |
-| sd-dino   | us2 us5 us8   | posterior mean   | 100     | 1        | off   | 960  | SD 1.5          |
-| geoaware  | us2 us5 us8   | posterior mean   | 50      | 1        | on    | 960  | SD 1.5          |
-| cleandift | us6           | posterior mean   | none    | -        | off   | 768  | SD 2.1          |
+| recipe    | taps        | latent  | noise t | ensemble | FreeU | size | reference model |
+|-----------|-------------|---------|---------|----------|-------|------|-----------------|
+| dift      | us6         | sample  | 261     | 8        | off   | 768  | SD 2.1          |
+| sd-dino   | us2 us5 us8 | mean    | 100     | 1        | off   | 960  | SD 1.5          |
+| geoaware  | us2 us5 us8 | mean    | 50      | 1        | on    | 960  | SD 1.5          |
+| cleandift | us6         | mean    | none    | -        | off   | 768  | SD 2.1          |
+
+(latent: posterior sample per copy or posterior mean.)
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ def _noise(recipe: Recipe | None, args: dict[str, Any]) -> Any:
 
     timestep = pick("noise_timestep", recipe.noise_timestep if recipe else None)
     if timestep is None:
-        stray = [f"--{n.replace('_', '-')}" for n in ("ensemble", "noise_seed", "latent") if args[n]]
+        stray = [
+            f"--{n.replace('_', '-')}" for n in ("ensemble", "noise_seed", "latent") if args[n]
+        ]
         if stray or args["random_noise"]:
             used = ", ".join(stray + (["--random-noise"] if args["random_noise"] else []))
             raise CleanDiftError(f"{used}: noisy features only; add --noise-timestep T")

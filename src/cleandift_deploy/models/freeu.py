@@ -83,7 +83,9 @@ class FreeUStage(nn.Module):
         self.backbone = backbone
         self.skip = skip
 
-    def forward(self, hidden: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden: torch.Tensor, skip: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two inputs of an up-block layer, as FreeU changes them."""
         half = hidden.shape[1] // 2
         hidden = torch.cat([hidden[:, :half] * self.backbone, hidden[:, half:]], dim=1)
