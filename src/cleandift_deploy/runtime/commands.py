@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from ..errors import CleanDiftError
 from ..lazy_choice import LazyChoice
 from .selection import ARTIFACT_KINDS, BACKENDS
 
@@ -28,6 +29,7 @@ def open_model(
     image_size: tuple[int, int] | None,
     resize: str | None,
     batch_size: int | None,
+    threads: int | None = None,
 ) -> FeatureExtractor:
     """An artifact through `FeatureExtractor.load`, or a model source through PyTorch."""
     from .extractor import FeatureExtractor
@@ -41,6 +43,7 @@ def open_model(
             image_size=image_size,
             resize=resize,
             batch_size=batch_size,
+            threads=threads,
         )
     return FeatureExtractor.from_source(
         model,
@@ -87,6 +90,12 @@ def _summarise(report: ExtractReport, out: Path) -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Redo outputs that already exist.")
 @click.option("--pca", is_flag=True, help="Also save a feature-PCA picture beside each output.")
+@click.option(
+    "--ray", "use_ray", is_flag=True, help="Run on Ray Data workers (local or --address)."
+)
+@click.option("--address", default=None, help="With --ray: a Ray cluster (default: local).")
+@click.option("--workers", type=click.IntRange(1), default=None, help="With --ray: actors [1].")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=None, help="With --ray.")
 def extract(
     model: str,
     inputs: tuple[Path, ...],
@@ -99,13 +108,26 @@ def extract(
     resize: str | None,
     overwrite: bool,
     pca: bool,
+    use_ray: bool,
+    address: str | None,
+    workers: int | None,
+    gpus_per_worker: float | None,
 ) -> None:
     """Features of image files and folders: one safetensors file per image in --out."""
     from .extract_files import extract_files, plan_jobs
 
     jobs = plan_jobs(list(inputs), out)
-    extractor = open_model(model, backend, device, _taps(taps), image_size, resize, batch_size)
-    report = extract_files(extractor, jobs, overwrite=overwrite, pca=pca)
+    if use_ray:
+        from ..serve.ray_extract import ModelSpec, RayOptions, ray_extract_files
+
+        spec = ModelSpec(model, backend, device, _taps(taps), image_size, resize, batch_size)
+        options = RayOptions(address, workers or 1, gpus_per_worker or 0.0)
+        report = ray_extract_files(spec, jobs, options, overwrite=overwrite, pca=pca)
+    elif address is not None or workers is not None or gpus_per_worker is not None:
+        raise CleanDiftError("--address, --workers and --gpus-per-worker need --ray")
+    else:
+        extractor = open_model(model, backend, device, _taps(taps), image_size, resize, batch_size)
+        report = extract_files(extractor, jobs, overwrite=overwrite, pca=pca)
     _summarise(report, out)
     if report.failed:
         raise SystemExit(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..atomic import atomic_path
 from ..errors import CleanDiftError
@@ -94,9 +94,25 @@ def feature_metadata(
     }
 
 
+def feature_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content.
+
+    safetensors writes the metadata in hash-map order, which changes from process to process;
+    here the metadata keys are sorted (the header is re-encoded the same compact way and padded
+    to 8 bytes), so the same features give the same bytes in any process or worker.
+    """
+    data = save(tensors, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items())), **header}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
+
+
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+        temporary.write_bytes(feature_file_bytes(tensors, metadata))
 
 
 def _content_cells(extractor: FeatureExtractor, tap: str, placement: Placement) -> tuple[int, int]:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_safetensors
 
 from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
-from ..runtime.extract_files import feature_metadata
+from ..runtime.extract_files import feature_file_bytes, feature_metadata
 from ..runtime.extractor import FeatureExtractor
 from ..runtime.preprocess import Placement
 from ..runtime.request import manifest_sha256, select_taps
@@ -289,7 +288,7 @@ class FeatureService:
             "X-Batch-Size": str(result.batch_size),
             "X-Manifest-Sha256": self.manifest_sha256,
         }
-        body = save_safetensors(tensors, metadata=metadata)
+        body = feature_file_bytes(tensors, metadata)
         return Reply(200, body, "application/octet-stream", headers)
 
     async def _match(self, request: HttpRequest, extract: Extract) -> Reply:
