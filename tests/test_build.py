@@ -39,7 +39,7 @@ def test_tiny_graph_builds_with_tensorrt_rtx(exported: Path) -> None:
         compute_capabilities=("8.6",), opt_level=0, workspace_gb=4.0, timing_cache=cache
     )
     manifest = build_engine(exported, engine, options)
-    assert cache.is_file()
+    assert not cache.exists()  # timing caches are no-ops under TensorRT-RTX: none is written
     assert manifest.build["opt_level"] == 0
     assert engine.stat().st_size > 1_000_000
     assert sidecar_path(engine).name == engine.name + ".json"

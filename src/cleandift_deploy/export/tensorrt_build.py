@@ -2,14 +2,19 @@
 for RTX (which builds ahead of time without a GPU).
 
 Networks are strongly typed: precision comes from the ONNX graph (TensorRT 11 and RTX have no
-fp16 flag). Optimisation profiles come from the manifest's shape ranges. The TensorRT module is
-imported lazily, so this package imports without either installed.
+fp16 flag). Optimisation profiles come from the manifest's shape ranges. A TensorRT engine runs
+only on its build GPU's compute capability unless built hardware-compatible (Ampere and newer):
+the manifest records the build GPU's name and capability and the runtime checks them. The timing
+cache is used by TensorRT only (TensorRT-RTX ignores timing caches); a cache TensorRT refuses
+(one from another GPU or release) is replaced by a fresh one. The TensorRT module is imported
+lazily, so this package imports without either installed.
 """
 
 from __future__ import annotations
 
 import importlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +45,7 @@ class BuildOptions:
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
     force: bool = False
+    hardware_compatible: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,10 +82,19 @@ def parse_onnx(
     network = builder.create_network(flag)
     parser = trt_module.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise CleanDiftError(f"TensorRT cannot parse {onnx_path}: {errors.splitlines()[0]}")
+        raise CleanDiftError(f"TensorRT cannot parse {onnx_path}: {_first_parser_error(parser)}")
     _make_attention_decomposable(trt_module, network)
     return network, parser
+
+
+def _first_parser_error(parser: Any) -> str:
+    """The first line of the parser's first error, or a pointer to the log when it recorded
+    none (a parse can fail with an empty error list, e.g. on an unreadable external-data file)."""
+    for index in range(parser.num_errors):
+        lines = str(parser.get_error(index)).strip().splitlines()
+        if lines:
+            return lines[0]
+    return "the parser recorded no error (see the TensorRT log above, or re-export the graph)"
 
 
 def _make_attention_decomposable(trt_module: Any, network: Any) -> None:
@@ -112,6 +127,14 @@ def _configure(
     config.add_optimization_profile(profile)
     if options.compute_capabilities:
         _set_compute_capabilities(trt_module, config, options)
+    if options.hardware_compatible:
+        if options.target != "tensorrt":
+            raise CleanDiftError(
+                "--hardware-compatible applies to --target tensorrt; TensorRT-RTX engines "
+                "already target the GPUs named by --compute-capability"
+            )
+        level = trt_module.HardwareCompatibilityLevel.AMPERE_PLUS
+        config.hardware_compatibility_level = level
     return config
 
 
@@ -134,11 +157,60 @@ def _set_compute_capabilities(trt_module: Any, config: Any, options: BuildOption
         config.set_compute_capability(member, index)
 
 
-def _load_timing_cache(config: Any, path: Path | None) -> Any:
-    data = path.read_bytes() if path is not None and path.is_file() else b""
+def load_timing_cache(config: Any, path: Path | None, target: str) -> Any:
+    """The timing cache the build uses and later writes back, or None (no path, or RTX, whose
+    timing-cache calls are deprecated no-ops). A cache TensorRT refuses, e.g. one written on
+    another GPU, is replaced by a fresh one instead of being written back unchanged."""
+    if path is None or target == "tensorrt-rtx":
+        return None
+    data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    if data:
+        warnings.warn(
+            f"TensorRT refused the timing cache {path} (another GPU or release?): "
+            "building with a fresh one, which replaces it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise CleanDiftError("TensorRT refused even an empty timing cache: drop --timing-cache")
     return cache
+
+
+def build_gpu(target: str) -> dict[str, Any]:
+    """The GPU a TensorRT build runs on (its name and compute capability); empty for
+    TensorRT-RTX, which builds ahead of time for the capabilities it is given."""
+    if target != "tensorrt":
+        return {}
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CleanDiftError(
+            "--target tensorrt builds on the GPU the engine will run on; torch sees none here "
+            "(use --target tensorrt-rtx to build without a GPU)"
+        )
+    major, minor = torch.cuda.get_device_capability()
+    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+
+
+def engine_target(options: BuildOptions, gpu: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's target: which runtime, and which GPUs the engine runs on."""
+    if options.target != "tensorrt":
+        capabilities = list(options.compute_capabilities) or ["portable default"]
+        return {"runtime": options.target, "compute_capabilities": capabilities}
+    if options.hardware_compatible:
+        capabilities, level = ["8.0+ (hardware compatible)"], "ampere_plus"
+    else:
+        capabilities, level = [gpu["compute_capability"]], "none"
+    return {
+        "runtime": "tensorrt",
+        "compute_capabilities": capabilities,
+        "hardware_compatibility": level,
+        "build_gpu": gpu,
+    }
 
 
 def _engine_manifest(
@@ -147,14 +219,12 @@ def _engine_manifest(
     options: BuildOptions,
     onnx_path: Path,
     seconds: float,
+    gpu: dict[str, Any],
 ) -> Manifest:
     engine = Manifest(**{**manifest.__dict__})
     engine.kind = "engine"
     engine.versions = {**manifest.versions, TARGETS[options.target]: str(trt_module.__version__)}
-    engine.target = {
-        "runtime": options.target,
-        "compute_capabilities": list(options.compute_capabilities) or ["portable default"],
-    }
+    engine.target = engine_target(options, gpu)
     engine.build = {
         **manifest.build,
         "onnx": onnx_path.name,
@@ -173,11 +243,12 @@ def build_engine(onnx_path: Path, out: Path, options: BuildOptions) -> Manifest:
     refuse_existing(sidecar, options.force)
     manifest = read_manifest_metadata(onnx_path)
     trt_module = import_tensorrt(options.target)
+    gpu = build_gpu(options.target)
     logger = trt_module.Logger(trt_module.Logger.ERROR)
     builder = trt_module.Builder(logger)
     network, _parser = parse_onnx(trt_module, builder, onnx_path, logger)
     config = _configure(trt_module, builder, network, manifest, options)
-    cache = _load_timing_cache(config, options.timing_cache)
+    cache = load_timing_cache(config, options.timing_cache, options.target)
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -187,9 +258,9 @@ def build_engine(onnx_path: Path, out: Path, options: BuildOptions) -> Manifest:
     seconds = time.perf_counter() - started
     with atomic_path(out) as temporary:
         temporary.write_bytes(bytes(serialized))
-    if options.timing_cache is not None:
+    if cache is not None and options.timing_cache is not None:
         with atomic_path(options.timing_cache) as temporary:
             temporary.write_bytes(bytes(cache.serialize()))
-    engine_manifest = _engine_manifest(manifest, trt_module, options, onnx_path, seconds)
+    engine_manifest = _engine_manifest(manifest, trt_module, options, onnx_path, seconds, gpu)
     engine_manifest.save(sidecar)
     return engine_manifest
