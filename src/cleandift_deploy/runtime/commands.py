@@ -30,6 +30,7 @@ def open_model(
     resize: str | None,
     batch_size: int | None,
     threads: int | None = None,
+    cuda_graphs: bool = True,
 ) -> FeatureExtractor:
     """An artifact through `FeatureExtractor.load`, or a model source through PyTorch."""
     from .extractor import FeatureExtractor
@@ -44,6 +45,7 @@ def open_model(
             resize=resize,
             batch_size=batch_size,
             threads=threads,
+            cuda_graphs=cuda_graphs,
         )
     return FeatureExtractor.from_source(
         model,
@@ -96,6 +98,12 @@ def _summarise(report: ExtractReport, out: Path) -> None:
 @click.option("--address", default=None, help="With --ray: a Ray cluster (default: local).")
 @click.option("--workers", type=click.IntRange(1), default=None, help="With --ray: actors [1].")
 @click.option("--gpus-per-worker", type=click.FloatRange(0), default=None, help="With --ray.")
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
+    default=True,
+    show_default=True,
+    help="TensorRT engines: replay CUDA graphs per input shape.",
+)
 def extract(
     model: str,
     inputs: tuple[Path, ...],
@@ -112,6 +120,7 @@ def extract(
     address: str | None,
     workers: int | None,
     gpus_per_worker: float | None,
+    cuda_graphs: bool,
 ) -> None:
     """Features of image files and folders: one safetensors file per image in --out."""
     from .extract_files import extract_files, plan_jobs
@@ -126,7 +135,16 @@ def extract(
     elif address is not None or workers is not None or gpus_per_worker is not None:
         raise CleanDiftError("--address, --workers and --gpus-per-worker need --ray")
     else:
-        extractor = open_model(model, backend, device, _taps(taps), image_size, resize, batch_size)
+        extractor = open_model(
+            model,
+            backend,
+            device,
+            _taps(taps),
+            image_size,
+            resize,
+            batch_size,
+            cuda_graphs=cuda_graphs,
+        )
         report = extract_files(extractor, jobs, overwrite=overwrite, pca=pca)
     _summarise(report, out)
     if report.failed:

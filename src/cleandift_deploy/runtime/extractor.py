@@ -84,13 +84,16 @@ class FeatureExtractor:
         batch_size: int | None = None,
         threads: int | None = None,
         source: str | Path | LoadedUNet | None = None,
+        cuda_graphs: bool = True,
     ) -> FeatureExtractor:
         """Open an artifact (`.onnx`, `.plan`, `.engine`) with its manifest.
 
         `backend`: "auto" (the fastest that can run here), "onnxruntime", "tensorrt", or "torch" /
         "torch-bf16" for the PyTorch reference of the artifact, rebuilt from `source` (default:
         the checkpoint named in the manifest, which must be the same one). The request is checked
-        against the manifest before the (possibly slow) backend is opened.
+        against the manifest before the (possibly slow) backend is opened. `cuda_graphs=False`
+        runs TensorRT engines without CUDA graphs (they also fall back by themselves when a
+        capture fails).
         """
         path = Path(path)
         kind = artifact_kind(path)
@@ -106,7 +109,7 @@ class FeatureExtractor:
         resolve_image_size(manifest, image_size)
         name = choose_backend(kind) if backend == "auto" else backend
         device = device or default_device(name)
-        runner = _open_backend(name, path, manifest, device, threads, source)
+        runner = _open_backend(name, path, manifest, device, threads, source, cuda_graphs)
         return cls(
             runner,
             manifest,
@@ -216,6 +219,7 @@ def _open_backend(
     device: str,
     threads: int | None,
     source: str | Path | LoadedUNet | None,
+    cuda_graphs: bool = True,
 ) -> Backend:
     if name == "onnxruntime":
         if path.suffix != ".onnx":
@@ -228,7 +232,7 @@ def _open_backend(
             raise CleanDiftError(f"TensorRT runs built engines, not {path.name}: build one first")
         from .tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(path, manifest, device)
+        return TensorRTBackend(path, manifest, device, cuda_graphs=cuda_graphs)
     precision = "bf16" if name == "torch-bf16" else "fp32"
     if is_dinov2(manifest.arch):
         from ..export.dinov2_export import dino_reference_module
