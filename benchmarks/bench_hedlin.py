@@ -1,0 +1,228 @@
+"""Hedlin et al. on this CPU: the batched, pruned optimisation and readout against the reference's
+one-at-a-time loop, on the tiny and the SD1.5 architecture (random weights).
+
+- `loop` is the reference's structure (`utils/optimize.py`): one embedding at a time (batch 1),
+  the whole UNet run, every crop encoded by the VAE for every embedding;
+- `batched` runs every keypoint's every init as one batch, the UNet cut after the deepest chosen
+  attention (up_blocks[2].attentions[0]: the 64x64 up block never runs), and a crop shared by
+  several embeddings encoded once (the four corner crops of the readout are shared by all).
+Both draw the same crops, noise and initial embeddings (per-embedding random streams), so their
+predictions must be identical; the benchmark checks it.
+
+The reference's settings (129 steps, 20 readout crops, 5 inits, 512 px) cost hours per pair on
+two CPU cores, so each case runs reduced steps / crops (and, for SD1.5, a reduced frame), times
+every optimisation step and readout round, and extrapolates to the reference's 129 steps and
+4 corner + 16 argmax-anchored rounds: seconds per keypoint = (129 x step + 4 x corner round +
+16 x other round) x embeddings / keypoints. Each case runs in a fresh subprocess (own peak RSS).
+
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_hedlin.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+NAME = "hedlin"
+REFERENCE_STEPS, REFERENCE_CROPS, CORNERS = 129, 20, 4
+CASES: dict[str, dict[str, Any]] = {
+    "tiny": {"arch": "tiny", "size": 64, "keypoints": 10, "inits": 5, "steps": 4, "crops": 6},
+    "sd15": {"arch": "sd15", "size": 128, "keypoints": 10, "inits": 2, "steps": 2, "crops": 5},
+}
+
+
+def _picture(height: int, width: int, seed: int) -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(height // 16 + 2, width // 16 + 2, 3))
+    rows = np.linspace(0, coarse.shape[0] - 1.001, height).astype(int)
+    cols = np.linspace(0, coarse.shape[1] - 1.001, width).astype(int)
+    return coarse[rows][:, cols].astype(np.uint8)
+
+
+def _split(stamps: list[float], start: float, case: dict[str, Any], batched: bool) -> dict:
+    """Per-phase durations from the progress timestamps (the call order is fixed)."""
+    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
+    steps, crops = case["steps"], case["crops"]
+    elements = 1 if batched else case["keypoints"] * case["inits"]
+    opt, read = times[: steps * elements], times[steps * elements :]
+    rounds = [read[i::crops] for i in range(crops)] if not batched else [[t] for t in read]
+    corner = [t for i, r in enumerate(rounds) if i < CORNERS for t in r]
+    other = [t for i, r in enumerate(rounds) if i >= CORNERS for t in r]
+    return {
+        "step_s": statistics.median(opt),
+        "corner_round_s": statistics.median(corner),
+        "other_round_s": statistics.median(other),
+        "units": elements,
+    }
+
+
+def run_child(name: str, mode: str, threads: int) -> dict[str, Any]:
+    """One case in this process: build, warm up, match once, report times and predictions."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from cleandift_deploy.hedlin.matcher import HedlinMatcher
+    from cleandift_deploy.hedlin.settings import HedlinSettings
+    from cleandift_deploy.models import load_vae, random_unet
+    from cleandift_deploy.train.noising import noise_scheduler
+
+    case = CASES[name]
+    batched = mode == "batched"
+    settings = HedlinSettings(
+        size=case["size"],
+        inits=case["inits"],
+        steps=case["steps"],
+        readout_crops=case["crops"],
+        batch=0 if batched else 1,
+        seed=1,
+    )
+    unet = random_unet(case["arch"], seed=0).unet
+    vae = load_vae(None, case["arch"], random_init=True)
+    matcher = HedlinMatcher(unet, vae, noise_scheduler(None), settings, prune=batched)
+    source, target = _picture(300, 400, 1), _picture(320, 280, 2)
+    points = np.random.default_rng(3).uniform([10, 10], [390, 290], size=(case["keypoints"], 2))
+    warm = HedlinMatcher(
+        unet,
+        vae,
+        noise_scheduler(None),
+        HedlinSettings(size=case["size"], inits=1, steps=1, readout_crops=1),
+        prune=batched,
+    )
+    warm.match(source, target, points[:1])
+    stamps: list[float] = []
+    start = time.perf_counter()
+    result = matcher.match(
+        source, target, points, progress=lambda _n: stamps.append(time.perf_counter())
+    )
+    total = time.perf_counter() - start
+    phases = _split(stamps, start, case, batched)
+    units = phases.pop("units")
+    full = (
+        REFERENCE_STEPS * phases["step_s"]
+        + CORNERS * phases["corner_round_s"]
+        + (REFERENCE_CROPS - CORNERS) * phases["other_round_s"]
+    )
+    return {
+        "mode": mode,
+        "seconds": total,
+        "seconds_per_keypoint": total / case["keypoints"],
+        "reference_settings_seconds_per_keypoint": (
+            full * (1 if batched else units) / case["keypoints"]
+        ),
+        **phases,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "points": result.points.tolist(),
+        "losses": result.optimised.losses.flatten().tolist(),
+        "threads": threads,
+    }
+
+
+def _run_case(name: str, mode: str, threads: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", name, mode, "--threads", str(threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def _compare(loop: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    losses_a, losses_b = np.array(loop["losses"]), np.array(batched["losses"])
+    return {
+        "same_predictions": loop["points"] == batched["points"],
+        "max_loss_rel_diff": float(np.max(np.abs(losses_a - losses_b) / np.abs(losses_a))),
+        "speedup_measured": loop["seconds"] / batched["seconds"],
+        "speedup_reference_settings": loop["reference_settings_seconds_per_keypoint"]
+        / batched["reference_settings_seconds_per_keypoint"],
+    }
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# Hedlin et al.: batched + pruned vs the reference's one-at-a-time loop",
+        "",
+        f"CPU: {results['cpu']}; torch threads {results['threads']}. Random weights.",
+        "Measured at reduced settings (columns 'case'); 'ref. settings' extrapolates the timed",
+        "steps and rounds to 129 steps + 20 readout crops (see the script's docstring).",
+        "",
+        "| arch | case | mode | s total | s / keypoint | s / keypoint, ref. settings "
+        "| peak RSS GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["cases"].items():
+        case = CASES[name]
+        label = (
+            f"{case['size']} px, {case['keypoints']} kp x {case['inits']} inits, "
+            f"{case['steps']} steps, {case['crops']} crops"
+        )
+        for mode in ("loop", "batched"):
+            run = entry[mode]
+            lines.append(
+                f"| {case['arch']} | {label} | {mode} | {run['seconds']:.1f} | "
+                f"{run['seconds_per_keypoint']:.2f} | "
+                f"{run['reference_settings_seconds_per_keypoint']:.1f} | {run['peak_rss_gib']:.2f} |"
+            )
+    lines += [
+        "",
+        "| arch | speed-up measured | speed-up at ref. settings | same predictions "
+        "| max loss rel. diff |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in results["cases"].items():
+        c = entry["comparison"]
+        lines.append(
+            f"| {CASES[name]['arch']} | {c['speedup_measured']:.2f}x | "
+            f"{c['speedup_reference_settings']:.2f}x | {c['same_predictions']} | "
+            f"{c['max_loss_rel_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run every case (or `--cases`) in both modes; write results/hedlin.{json,md}."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "MODE"))
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args.child[0], args.child[1], args.threads)))
+        return
+    from rich.progress import track
+
+    from cleandift_deploy.atomic import write_text_atomic
+
+    results: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "cases": {},
+    }
+    names = args.cases.split(",")
+    for name in track(names, description="hedlin cases"):
+        loop = _run_case(name, "loop", args.threads)
+        batched = _run_case(name, "batched", args.threads)
+        results["cases"][name] = {
+            "settings": CASES[name],
+            "loop": loop,
+            "batched": batched,
+            "comparison": _compare(loop, batched),
+        }
+    RESULTS.mkdir(exist_ok=True)
+    write_text_atomic(RESULTS / f"{NAME}.json", json.dumps(results, indent=1))
+    write_text_atomic(RESULTS / f"{NAME}.md", _markdown(results))
+    print(_markdown(results))
+
+
+if __name__ == "__main__":
+    main()
