@@ -171,7 +171,8 @@ def _markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {case['arch']} | {label} | {mode} | {run['seconds']:.1f} | "
                 f"{run['seconds_per_keypoint']:.2f} | "
-                f"{run['reference_settings_seconds_per_keypoint']:.1f} | {run['peak_rss_gib']:.2f} |"
+                f"{run['reference_settings_seconds_per_keypoint']:.1f} | "
+                f"{run['peak_rss_gib']:.2f} |"
             )
     lines += [
         "",
