@@ -6,16 +6,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from export_helpers import run_cli
 from runtime_helpers import TINY_TAPS, agreement, export_tiny, random_rgb, repaired_tensorrt_stubs
 
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo
+from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo, sidecar_path
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.tensorrt_backend import (
@@ -159,3 +162,86 @@ def test_tensorrt_matches_pytorch_on_the_gpu(tiny: LoadedUNet, tmp_path: Path) -
             assert got[tap].is_cuda
             assert agreement(want[tap].cpu(), got[tap].cpu())["cosine_min"] >= 0.999
             assert torch.equal(got[tap], again[tap])
+
+
+def _fake_engine(tmp_path: Path) -> Path:
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"not a real engine")
+    _engine_manifest(compute_capabilities=["9.0"]).save(sidecar_path(engine))
+    return engine
+
+
+def test_cuda_graphs_option_reaches_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cleandift_deploy.runtime import tensorrt_backend
+
+    seen: list[Any] = []
+
+    def opened(path: Path, manifest: Manifest, device: str, **options: Any) -> None:
+        seen.append(options)
+        raise CleanDiftError("stopped after opening")
+
+    monkeypatch.setattr(tensorrt_backend, "TensorRTBackend", opened)
+    engine = _fake_engine(tmp_path)
+    for graphs in (False, True):
+        with pytest.raises(CleanDiftError, match="stopped after opening"):
+            FeatureExtractor.load(engine, backend="tensorrt", device="cuda", cuda_graphs=graphs)
+    image = tmp_path / "in.png"
+    image.write_bytes(b"")
+    args = ["extract", "--model", str(engine), str(image), "--out", str(tmp_path / "out")]
+    assert run_cli([*args, "--backend", "tensorrt", "--device", "cuda", "--no-cuda-graphs"]) == 2
+    assert "stopped after opening" in capsys.readouterr().err
+    assert seen == [{"cuda_graphs": False}, {"cuda_graphs": True}, {"cuda_graphs": False}]
+
+
+def _built_engine(tiny: LoadedUNet, tmp_path: Path) -> tuple[Path, Path]:
+    from cleandift_deploy.export.tensorrt_build import BuildOptions, build_engine
+
+    onnx_path = export_tiny(tiny, tmp_path / "tiny.onnx", batch=(1, 2, 2))
+    engine = tmp_path / "tiny-trt.engine"
+    build_engine(onnx_path, engine, BuildOptions(target="tensorrt"))
+    return onnx_path, engine
+
+
+@needs_gpu
+def test_graphs_for_interleaved_shapes_equal_eager_runs(tiny: LoadedUNet, tmp_path: Path) -> None:
+    _, engine = _built_engine(tiny, tmp_path)
+    manifest = Manifest.load(sidecar_path(engine))
+    assert manifest.target["build_gpu"]["compute_capability"] == "{}.{}".format(
+        *torch.cuda.get_device_capability()
+    )
+    graphs = FeatureExtractor.load(engine)
+    eager = FeatureExtractor.load(engine, cuda_graphs=False)
+    rng = np.random.default_rng(torch.initial_seed())
+    batches = [[random_rgb(64, 64, rng) for _ in range(n)] for n in (1, 2, 1, 2)]
+    for images in batches:
+        got, want = graphs(images), eager(images)
+        for tap in TINY_TAPS:
+            assert agreement(want[tap].cpu(), got[tap].cpu())["cosine_min"] >= 0.9999
+            assert torch.allclose(got[tap], want[tap], atol=2e-2, rtol=1e-2)
+    assert graphs.backend.cuda_graphs and not eager.backend.cuda_graphs  # type: ignore[attr-defined]
+    pool = graphs.backend.pool  # type: ignore[attr-defined]
+    assert sum(len(lane.slots) for lane in pool.lanes) == 2
+
+
+@needs_gpu
+def test_two_threads_capturing_at_once(tiny: LoadedUNet, tmp_path: Path) -> None:
+    onnx_path, engine = _built_engine(tiny, tmp_path)
+    trt = FeatureExtractor.load(engine)
+    reference = FeatureExtractor.load(onnx_path, backend="torch", device="cuda")
+    rng = np.random.default_rng(torch.initial_seed())
+    batches = [[random_rgb(64, 64, rng) for _ in range(n)] for n in (1, 2)]
+    start = threading.Barrier(2)
+
+    def first_call(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        start.wait()
+        return trt(images)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(first_call, batches))
+    assert trt.backend.cuda_graphs  # type: ignore[attr-defined]
+    for images, got in zip(batches, results, strict=True):
+        want = reference(images)
+        for tap in TINY_TAPS:
+            assert agreement(want[tap].cpu(), got[tap].cpu())["cosine_min"] >= 0.999
