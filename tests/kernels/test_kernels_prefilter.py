@@ -169,10 +169,45 @@ def test_k_above_one_is_refused_by_the_prefilter() -> None:
 def test_auto_takes_the_prefilter_only_for_large_cpu_problems(monkeypatch) -> None:
     from cleandift_deploy.kernels import api
 
-    monkeypatch.setattr(api, "has_amx_bf16", lambda: True)
+    monkeypatch.setattr(api, "prefers_bf16_gemm", lambda: True)
     small, large = torch.randn(8, 4), torch.randn(4096, 4)
-    assert api._auto_dense_impl(small, small, 1) == "blocked"
-    assert api._auto_dense_impl(large, large, 1) == "prefilter"
-    assert api._auto_dense_impl(large, large, 2) == "blocked"
-    monkeypatch.setattr(api, "has_amx_bf16", lambda: False)
-    assert api._auto_dense_impl(large, large, 1) == "blocked"
+    assert api.choose_dense_impl(small, small, 1) == "blocked"
+    assert api.choose_dense_impl(large, large, 1) == "prefilter"
+    assert api.choose_dense_impl(large, large, 2) == "blocked"
+    monkeypatch.setattr(api, "prefers_bf16_gemm", lambda: False)
+    assert api.choose_dense_impl(large, large, 1) == "blocked"
+
+
+def test_bf16_preference_needs_both_the_flags_and_the_measured_speed(monkeypatch) -> None:
+    from cleandift_deploy.kernels import cpu_features
+
+    if cpu_features.has_bf16_gemm_isa():  # elsewhere bf16 is emulated: seconds to measure
+        speedup = cpu_features.bf16_gemm_speedup()
+        assert speedup > 0 and cpu_features.bf16_gemm_speedup() == speedup  # measured once
+    for isa, measured, expected in [(True, 2.5, True), (True, 1.1, False), (False, 9.0, False)]:
+        monkeypatch.setattr(cpu_features, "has_bf16_gemm_isa", lambda isa=isa: isa)
+        monkeypatch.setattr(cpu_features, "bf16_gemm_speedup", lambda m=measured: m)
+        assert cpu_features.prefers_bf16_gemm() is expected
+
+
+def test_bf16_isa_comes_from_the_cpu_flags_and_onednn_cap(monkeypatch, tmp_path) -> None:
+    from cleandift_deploy.kernels import cpu_features
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    onednn = torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(cpu_features, "CPUINFO", tmp_path / "cpuinfo")
+    for flags, expected in [
+        ("fpu avx2 avx512_bf16", True),
+        ("fpu amx_bf16", True),
+        ("avx2", False),
+    ]:
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        cpu_features.has_bf16_gemm_isa.cache_clear()
+        assert cpu_features.has_bf16_gemm_isa() is (expected and onednn), flags
+    (tmp_path / "cpuinfo").write_text("flags\t\t: avx2 avx512_bf16\n")
+    for cap, expected in [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True)]:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        cpu_features.has_bf16_gemm_isa.cache_clear()
+        assert cpu_features.has_bf16_gemm_isa() is (expected and onednn), cap
+    cpu_features.has_bf16_gemm_isa.cache_clear()

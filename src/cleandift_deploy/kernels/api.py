@@ -2,9 +2,13 @@
 
 Dense matching (``match_dense``), ``impl="auto"``:
   * CUDA tensors, k == 1: the fused Triton kernel (``triton_dense``);
-  * CPU tensors, k == 1, at least 4096 x 4096 pairs, on a CPU with AMX-bf16: the exact bf16
-    prefilter (``dense_prefilter``: 1.6x the torch reference at 9216 x 9216, C=1280, 2 threads);
+  * CPU tensors, k == 1, at least 4096 x 4096 pairs, where bf16 GEMM is meaningfully faster
+    than fp32 (AMX-bf16 or AVX512_BF16 in the CPU flags, and a one-time measurement in this
+    process of at least ``cpu_features.MIN_BF16_SPEEDUP``): the exact bf16 prefilter
+    (``dense_prefilter``; 9216 x 9216, C=1280, 2 threads: 1.6x the torch reference on AMX,
+    1.7x on AMD EPYC with AVX512_BF16);
   * everything else: the blocked path (``dense_cpu``), which also runs on CUDA for k > 1.
+  ``choose_dense_impl(a, b, k)`` says which path ``auto`` takes for given inputs.
   ``impl="reference" | "blocked" | "prefilter" | "triton"`` forces one (``"triton"`` on CPU
   tensors needs ``TRITON_INTERPRET=1`` set before triton is first imported).
 
@@ -20,7 +24,7 @@ from types import ModuleType
 import torch
 
 from ._checks import check_features, check_points, check_same_channels, check_size
-from .cpu_features import has_amx_bf16
+from .cpu_features import prefers_bf16_gemm
 from .dense_cpu import blocked_match_dense
 from .dense_prefilter import prefilter_match_dense
 from .query import match_query_points
@@ -106,7 +110,7 @@ def match_dense(
     if mutual and k != 1:
         raise ValueError("mutual matching is defined for k=1 only; pass k=1 or mutual=False")
     if impl == "auto":
-        impl = _auto_dense_impl(a, b, k)
+        impl = choose_dense_impl(a, b, k)
     if impl == "reference":
         return reference_match_dense(a, b, mutual=mutual, k=k)
     if impl == "blocked":
@@ -123,14 +127,16 @@ PREFILTER_MIN_PAIRS = 4096 * 4096
 (measured: slower than the blocked path at 2304 x 2304, 1.6x faster at 9216 x 9216, C=1280)."""
 
 
-def _auto_dense_impl(a: torch.Tensor, b: torch.Tensor, k: int) -> str:
-    """The fastest exact dense path for this device, size and k."""
+def choose_dense_impl(a: torch.Tensor, b: torch.Tensor, k: int = 1) -> str:
+    """The path ``match_dense(a, b, k=k, impl="auto")`` takes: the fastest exact one for this
+    device, size and k (see the module docstring)."""
     if k != 1:
         return "blocked"
     if a.is_cuda:
         return "triton"
     large = a.shape[0] * b.shape[0] >= PREFILTER_MIN_PAIRS
-    return "prefilter" if large and a.device.type == "cpu" and has_amx_bf16() else "blocked"
+    on_cpu = a.device.type == "cpu"
+    return "prefilter" if large and on_cpu and prefers_bf16_gemm() else "blocked"
 
 
 def _triton_module() -> ModuleType:
