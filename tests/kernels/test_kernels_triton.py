@@ -128,6 +128,22 @@ def test_gpu_rows_blocks_and_slices_match_reference(dtype: torch.dtype) -> None:
     assert [3, 7] in mutual.pairs.tolist() and [1000, 7] not in mutual.pairs.tolist()
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24 << 30,
+    reason="needs a CUDA GPU with 24 GB",
+)
+def test_gpu_gallery_past_int32_offsets() -> None:
+    """1.7M x 1280 fp16 rows (m * c > 2^31): the planted neighbours sit past the wrap point."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    a = torch.randn(256, 1280, device="cuda", generator=g).half()
+    b = torch.randn(1_700_000, 1280, device="cuda", generator=g).half()
+    planted = torch.arange(b.shape[0] - 32, b.shape[0], device="cuda")
+    b[planted] = a[:32] * 2
+    got = match_dense(a, b, impl="triton")
+    assert torch.equal(got.indices[:32, 0], planted)
+    assert torch.all(got.scores[:32, 0] > 0.999)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_gpu_inputs_on_the_second_device() -> None:
     a, b = torch.randn(300, 64, device="cuda:1"), torch.randn(500, 64, device="cuda:1")

@@ -24,6 +24,7 @@ first imported: without a GPU driver, triton refuses to launch anything.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -35,7 +36,16 @@ from .types import MutualMatches, NearestNeighbours, mutual_from_argmax
 GPU_BLOCK_N = 128
 SPLIT_ALIGN = 256
 INTERPRETER_BLOCKS = {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_C": 32}
-INTERPRETING = bool(triton.knobs.runtime.interpret)
+
+
+def _interpreted_at_import() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; older ones read the variable
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+INTERPRETING = _interpreted_at_import()
 """Decided once, at import, exactly as ``triton.jit`` below decides: the kernel object is either
 compiled or interpreted for the life of the process, whatever the environment says later."""
 

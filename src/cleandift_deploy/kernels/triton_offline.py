@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import re
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 
@@ -158,4 +157,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
