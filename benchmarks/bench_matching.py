@@ -27,6 +27,8 @@ import psutil
 import torch
 
 from cleandift_deploy.kernels import match_dense, match_points
+from cleandift_deploy.kernels.api import choose_dense_impl
+from cleandift_deploy.kernels.cpu_features import bf16_gemm_speedup, has_bf16_gemm_isa
 from cleandift_deploy.kernels.reference import reference_match_dense, reference_match_points
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,8 +106,20 @@ def warm_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, **small, "k": 2, "n": 64, "c": spec.get("c", 8)}
 
 
+def auto_choice(spec: dict[str, Any]) -> dict[str, Any]:
+    """For impl=auto dense cases: the path auto takes here, and the bf16/fp32 GEMM probe."""
+    if spec["kind"] != "dense" or spec["impl"] != "ours":
+        return {}
+    a, b = dense_inputs(spec)
+    if spec.get("device") == "cuda":
+        a, b = a.cuda(), b.cuda()
+    probe = bf16_gemm_speedup() if has_bf16_gemm_isa() else None
+    return {"auto_impl": choose_dense_impl(a, b), "bf16_probe_speedup": probe}
+
+
 def run_child(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run one case in this process: extra peak memory of the first call, median time."""
+    choice = auto_choice(spec)
     make_call(warm_spec(spec))()
     call = make_call(spec)
     cuda = spec.get("device") == "cuda"
@@ -124,7 +138,12 @@ def run_child(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     extra = (torch.cuda.max_memory_allocated() - mem0) if cuda else max(peak - rss0, 0)
     if spec.get("save"):
         torch.save([r.cpu() for r in result], out)
-    return {"median_s": statistics.median(times), "times_s": times, "extra_peak_bytes": extra}
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "extra_peak_bytes": extra,
+        **choice,
+    }
 
 
 def run_case(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -248,6 +267,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             row["agreement"] = dense_agreement(Path(ours["output"]), Path(ref["output"]))
             flops = 2 * ours["n"] ** 2 * ours["c"]
             row["ours_gflops"] = flops / ours["median_s"] / 1e9
+            row["auto_impl"] = ours["auto_impl"]
+            row["bf16_probe_speedup"] = ours["bf16_probe_speedup"]
             if (name, "faiss") in by:
                 faiss = by[(name, "faiss")]
                 row["faiss_s"] = faiss["median_s"]
@@ -327,9 +348,16 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         lines += [
             "",
             'Dense CPU paths ("ours" is impl=auto: the bf16 prefilter from 4096x4096 pairs '
-            "on AMX CPUs, else the blocked path): "
+            "where bf16 GEMM is faster than fp32 (AMX or AVX512_BF16, and a one-time probe), "
+            "else the blocked path): "
             + ", ".join(
-                f"{r['case']} prefilter {r['prefilter_s'] * 1e3:.0f} ms "
+                f"{r['case']} auto = {r['auto_impl']}"
+                + (
+                    f" (probe: bf16 {r['bf16_probe_speedup']:.1f}x fp32)"
+                    if r["bf16_probe_speedup"]
+                    else ""
+                )
+                + f"; prefilter {r['prefilter_s'] * 1e3:.0f} ms "
                 f"({r['prefilter_extra_mb']:.1f} MB), blocked fp32 {r['blocked_s'] * 1e3:.0f} ms "
                 f"({r['blocked_extra_mb']:.1f} MB)"
                 for r in paths
