@@ -168,6 +168,11 @@ def export(
 @click.option("--workspace", type=float, default=4.0, show_default=True, help="GB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing engine.")
+@click.option(
+    "--hardware-compatible",
+    is_flag=True,
+    help="--target tensorrt: run on any Ampere or newer GPU, not only the build GPU's kind.",
+)
 def build(
     onnx_path: Path,
     out: Path,
@@ -177,6 +182,7 @@ def build(
     workspace: float,
     timing_cache: Path | None,
     force: bool,
+    hardware_compatible: bool,
 ) -> None:
     """Build a TensorRT (or TensorRT-RTX) engine from an exported ONNX graph."""
     from .tensorrt_build import BuildOptions, build_engine
@@ -184,6 +190,7 @@ def build(
     if not onnx_path.is_file():
         raise CleanDiftError(f"{onnx_path} does not exist: export a model first")
     options = BuildOptions(target, compute_capability, opt_level, workspace, timing_cache, force)
+    options.hardware_compatible = hardware_compatible
     with console.status(f"building {out} with {target}"):
         manifest = build_engine(onnx_path, out, options)
     size = out.stat().st_size / 1e6
