@@ -135,11 +135,12 @@ class FeaturesMethod:
 
     name = "features"
 
-    def __init__(self, options: MethodOptions) -> None:
+    def __init__(self, options: MethodOptions, extractor: FeatureExtractor | None = None) -> None:
+        """`extractor`: one already open (else `open_extractor(options)` opens it)."""
         if options.mode not in ("nn", "window-softargmax"):
             raise CleanDiftError(f"unknown --mode {options.mode!r}: use nn or window-softargmax")
         self.options = options
-        self.extractor = open_extractor(options)
+        self.extractor = extractor or open_extractor(options)
         self.tap = choose_tap(self.extractor.manifest, options.tap)
         self.prompts = Prompts(self.extractor.manifest, options)
         self.cache = FeatureCache(options.cache)
