@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..atomic import write_text_atomic
 from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
@@ -96,7 +98,9 @@ def run_training(
     cache = FeatureCache(options.cache or out / CACHE_FOLDER, memory_items=64)
     store = MapStore(extractor, cache, options.device)
     store.fill(pairs, on_cache)
-    network = AggregationNetwork(extractor.channels, len(options.extract.variant.timesteps()))
+    with torch.random.fork_rng():
+        torch.manual_seed(options.train.seed)
+        network = AggregationNetwork(extractor.channels, len(options.extract.variant.timesteps()))
     network.to(options.device)
     optimizer = make_optimizer(network, options.train)
     history: list[float] = []
