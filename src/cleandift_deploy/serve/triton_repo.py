@@ -44,12 +44,9 @@ class RepoModel:
 
 
 def plan_capability(manifest: Manifest) -> str:
-    """The one compute capability an engine runs on ("8.0"), or "" when it names none."""
-    target = manifest.target
-    single = target.get("compute_capability")
-    if isinstance(single, str) and _CC.match(single):
-        return single
-    listed = [c for c in target.get("compute_capabilities", []) if _CC.match(str(c))]
+    """The one compute capability an engine runs on ("8.0"), or "" when it names none
+    (hardware-compatible and portable engines: one plan for every GPU)."""
+    listed = [c for c in manifest.target.get("compute_capabilities", []) if _CC.match(str(c))]
     return str(listed[0]) if len(listed) == 1 else ""
 
 
