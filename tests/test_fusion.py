@@ -3,6 +3,7 @@ preset, ONNX Runtime against the PyTorch references, and matches mapped back to 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 
 from cleandift_deploy.descriptors import PRESETS
 from cleandift_deploy.errors import CleanDiftError
+from cleandift_deploy.eval.datasets import load_pairs
+from cleandift_deploy.eval.methods import MethodOptions, build_method
+from cleandift_deploy.eval.photoset import make_synthetic
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.dinov2_export import DinoExportOptions, export_dinov2
 from cleandift_deploy.models.dinov2 import random_dino
@@ -112,3 +116,73 @@ def test_fusion_presets_need_a_dino_model(artifacts: tuple[Path, Path]) -> None:
         FusionExtractor.load("geoaware", artifacts[0])
     with pytest.raises(CleanDiftError, match="unknown descriptor preset"):
         FusionExtractor.load("nope", artifacts[0])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(folder, {"test": 3})
+    return folder
+
+
+@pytest.mark.parametrize("preset", ["geoaware", "sd-dino"])
+def test_descriptor_method_onnx_agrees_with_pytorch_and_caches(
+    artifacts: tuple[Path, Path], synthetic: Path, tmp_path: Path, preset: str
+) -> None:
+    sd, dino = artifacts
+    samples = load_pairs(synthetic, "spair", "test")
+    predictions = {}
+    for backend in ("onnxruntime", "torch"):
+        options = MethodOptions(
+            model=sd, dino=dino, backend=backend, descriptor=preset, cache=tmp_path / backend
+        )
+        method = build_method("descriptor", options)
+        predictions[backend] = np.concatenate([method.predict(s) for s in samples])
+        images = {p for s in samples for p in (s.source_path, s.target_path)}
+        assert method.cache.extractions == len(images)  # once per image
+        record = method.describe()
+        assert record["preset"] == preset and record["dino"]["backend"].startswith(backend[:5])
+    # the same points, up to rare near-ties of random weights
+    close = np.abs(predictions["onnxruntime"] - predictions["torch"]).max(axis=1) <= 0.5
+    assert close.mean() >= 0.9
+    again = build_method(
+        "descriptor",
+        MethodOptions(model=sd, dino=dino, descriptor=preset, cache=tmp_path / "onnxruntime"),
+    )
+    repeated = np.concatenate([again.predict(s) for s in samples])
+    assert again.cache.extractions == 0
+    np.testing.assert_array_equal(repeated, predictions["onnxruntime"])
+    if preset == "sd-dino":
+        assert "not cached" in record["pca"]["cache"]
+
+
+def test_eval_pck_cli_with_a_descriptor_preset(
+    artifacts: tuple[Path, Path], synthetic: Path, tmp_path: Path
+) -> None:
+    from export_helpers import run_cli
+
+    sd, dino = artifacts
+    out = tmp_path / "out"
+    args = ["eval", "pck", "--data", str(synthetic), "--dataset", "spair"]
+    code = run_cli([*args, "--descriptor", "geoaware", "--model", str(sd), "--dino", str(dino),
+                    "--out", str(out)])  # fmt: skip
+    assert code == 0
+    document = json.loads((out / "results.json").read_text())
+    assert document["method"] == "descriptor" and document["model"]["preset"] == "geoaware"
+    assert document["model"]["mode"] == "window-softargmax"
+    assert run_cli([*args, "--descriptor", "geoaware", "--model", str(sd),
+                    "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
+
+
+def test_descriptor_method_runs_pytorch_models_without_artifacts(synthetic: Path) -> None:
+    options = MethodOptions(
+        descriptor="geoaware",
+        arch="tiny",
+        random_init=True,
+        settings={"sd_size": "128", "dino_arch": "dinov2_tiny"},
+    )
+    method = build_method("descriptor", options)
+    sample = load_pairs(synthetic, "spair", "test")[0]
+    found = method.predict(sample)
+    assert found.shape == sample.target_points.shape and np.isfinite(found).all()
+    assert method.describe()["dino"]["backend"] == "torch-cpu"
