@@ -23,7 +23,7 @@ from ..atomic import atomic_path
 from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.methods import PairSample
-from ..models.checkpoints import load_strict, read_aligned
+from ..models.checkpoints import read_aligned
 from ..train.state import _optimizer_tensors, _restore_optimizer
 from .aggregation import AggregationNetwork
 from .checkpoint import AggregatorInfo
@@ -135,7 +135,10 @@ def restore_state(
     network_state = {
         k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")
     }
-    load_strict(network, network_state, "the saved aggregation network")
+    try:  # in place: the optimiser already holds these parameters
+        network.load_state_dict(network_state, strict=True)
+    except RuntimeError:
+        raise CleanDiftError(f"{path} holds another network shape: start a new --out") from None
     _restore_optimizer(optimizer, tensors, metadata["optimizer_groups"])
     return [float(v) for v in tensors["history"]]
 
