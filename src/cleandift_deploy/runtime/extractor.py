@@ -88,7 +88,8 @@ class FeatureExtractor:
     ) -> FeatureExtractor:
         """Open an artifact (`.onnx`, `.plan`, `.engine`) with its manifest.
 
-        `backend`: "auto" (the fastest that can run here), "onnxruntime", "tensorrt", or "torch" /
+        `backend`: "auto" (the fastest that can run here), "onnxruntime", "openvino" (CPU, fp32;
+        "openvino-bf16" for bf16), "tensorrt", or "torch" /
         "torch-bf16" for the PyTorch reference of the artifact, rebuilt from `source` (default:
         the checkpoint named in the manifest, which must be the same one). The request is checked
         against the manifest before the (possibly slow) backend is opened. `cuda_graphs=False`
@@ -227,6 +228,13 @@ def _open_backend(
         from .onnx_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, manifest, device, threads)
+    if name in ("openvino", "openvino-bf16"):
+        if path.suffix != ".onnx":
+            raise CleanDiftError(f"OpenVINO runs .onnx files, not {path.name}")
+        from .openvino_backend import OpenVINOBackend
+
+        precision = "bf16" if name == "openvino-bf16" else "fp32"
+        return OpenVINOBackend(path, manifest, device, threads, precision)
     if name == "tensorrt":
         if path.suffix == ".onnx":
             raise CleanDiftError(f"TensorRT runs built engines, not {path.name}: build one first")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import CleanDiftError
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "torch-bf16")
+BACKENDS = ("auto", "onnxruntime", "openvino", "openvino-bf16", "tensorrt", "torch", "torch-bf16")
 ARTIFACT_KINDS = {".onnx": "onnx", ".plan": "engine", ".engine": "engine"}
 """File suffix -> the manifest `kind` the exporter and the engine builder write."""
 
@@ -54,7 +54,7 @@ def default_device(backend: str) -> str:
         return "cuda"
     if backend == "onnxruntime":
         return "cuda" if ort_has_cuda() else "cpu"
-    if backend == "torch-bf16":
+    if backend in ("torch-bf16", "openvino", "openvino-bf16"):
         return "cpu"
     import torch
 

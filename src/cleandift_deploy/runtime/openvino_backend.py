@@ -1,0 +1,176 @@
+"""The OpenVINO backend: an exported `.onnx` graph run by OpenVINO's CPU plugin.
+
+OpenVINO reads the ONNX graph (external data included) and, on first use, saves it as OpenVINO IR
+in the cache folder; later loads read that IR, whose weights are memory-mapped instead of copied.
+Each input shape gets its own statically reshaped model, compiled once and kept (dynamic shapes
+cost speed). Precision is exact fp32 (`INFERENCE_PRECISION_HINT=f32`) unless bf16 is asked for by
+name: on CPUs with AMX or AVX512_BF16, OpenVINO would otherwise silently run bf16. Compiled blobs
+go to the same cache folder (`CACHE_DIR`), so a new process skips most of the compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import CleanDiftError
+from ..manifest import Manifest
+from .onnx_backend import MANIFEST_METADATA_KEY, _check_embedded_manifest
+from .ort_session import physical_cores
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+"""Our precision names -> OpenVINO's `INFERENCE_PRECISION_HINT` values."""
+CACHE_ENV = "CLEANDIFT_OPENVINO_CACHE"
+"""Environment variable naming the cache folder (default: ~/.cache/cleandift_deploy/openvino)."""
+
+
+def default_cache_dir() -> Path:
+    """Where IR conversions and compiled blobs are kept between processes."""
+    if CACHE_ENV in os.environ:
+        return Path(os.environ[CACHE_ENV])
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "cleandift_deploy" / "openvino"
+
+
+def _artifact_key(path: Path, manifest: Manifest) -> str:
+    """Names one version of an artifact: the manifest plus the file's size and time."""
+    stat = path.stat()
+    text = f"{manifest.to_json()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_onnx(core: ov.Core, path: Path) -> ov.Model:
+    try:
+        return core.read_model(str(path))
+    except Exception as error:  # OpenVINO raises RuntimeError subclasses with long traces
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CleanDiftError(f"OpenVINO cannot read {path}: {first}; re-export it") from None
+
+
+def intermediate_representation(core: ov.Core, path: Path, manifest: Manifest, cache: Path) -> Path:
+    """The artifact as OpenVINO IR in `cache` (converted once; `.bin` weights are then mapped,
+    not copied, when read). Both files are written under temporary names and renamed, the
+    `.xml` last, so a crash never leaves an IR that looks complete."""
+    xml = cache / f"{path.stem}-{_artifact_key(path, manifest)}.xml"
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml
+    import openvino as ov
+
+    cache.mkdir(parents=True, exist_ok=True)
+    model = _read_onnx(core, path)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".ir-") as staging:
+        staged = Path(staging) / xml.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        del model
+        os.replace(staged.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(staged, xml)
+    return xml
+
+
+def _check_artifact(path: Path, manifest: Manifest) -> None:
+    """The file exists, is ONNX, and carries the manifest beside it (read without weights)."""
+    import onnx
+
+    if not path.is_file():
+        raise CleanDiftError(f"{path} does not exist: export the model first")
+    try:
+        header = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises DecodeError, OSError, ... for unreadable files
+        raise CleanDiftError(
+            f"{path} is not a readable ONNX model ({error}): re-export it"
+        ) from None
+    metadata = {p.key: p.value for p in header.metadata_props}
+    _check_embedded_manifest(path, metadata.get(MANIFEST_METADATA_KEY), manifest)
+
+
+class OpenVINOBackend:
+    """Runs an `.onnx` artifact on the CPU with OpenVINO, in fp32 (default) or bf16."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str = "fp32",
+        cache_dir: Path | None = None,
+    ) -> None:
+        import openvino as ov
+
+        path = Path(path)
+        if device != "cpu":
+            raise CleanDiftError(f"the OpenVINO backend runs on the CPU, not {device!r}: use cpu")
+        if precision not in PRECISIONS:
+            raise CleanDiftError(f"unknown precision {precision!r}: use fp32 or bf16")
+        if threads is not None and threads < 1:
+            raise CleanDiftError(f"threads must be at least 1, got {threads}")
+        _check_artifact(path, manifest)
+        self.core = ov.Core()
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.model = self.core.read_model(
+            str(intermediate_representation(self.core, path, manifest, cache))
+        )
+        self.input_names = [port.get_any_name() for port in self.model.inputs]
+        self.output_names = [port.get_any_name() for port in self.model.outputs]
+        missing = [t for t in manifest.tap_names if t not in self.output_names]
+        if missing:
+            raise CleanDiftError(
+                f"{path} lacks the outputs {', '.join(missing)} its manifest lists: re-export it"
+            )
+        self.config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+            "INFERENCE_NUM_THREADS": threads or physical_cores(),
+            "PERFORMANCE_HINT": "LATENCY",
+            "CACHE_DIR": str(cache / "blobs"),
+        }
+        self.compiled: dict[tuple[tuple[int, ...], ...], ov.CompiledModel] = {}
+        self._compile_lock = threading.Lock()
+        self._requests = threading.local()
+        self.device = torch.device("cpu")
+        self.name = "openvino-cpu" if precision == "fp32" else "openvino-cpu-bf16"
+
+    def compiled_for(self, shapes: tuple[tuple[int, ...], ...]) -> ov.CompiledModel:
+        """The model compiled for these input shapes (in `input_names` order), compiled on the
+        first request for them; one compile at a time, shared by every thread."""
+        compiled = self.compiled.get(shapes)
+        if compiled is not None:
+            return compiled
+        with self._compile_lock:
+            if shapes not in self.compiled:
+                static = self.model.clone()
+                static.reshape(dict(zip(self.input_names, shapes, strict=True)))
+                self.compiled[shapes] = self.core.compile_model(static, "CPU", self.config)
+            return self.compiled[shapes]
+
+    def _request(self, shapes: tuple[tuple[int, ...], ...]) -> ov.InferRequest:
+        """This thread's infer request for the shapes (a request must not be shared)."""
+        requests: dict[tuple[tuple[int, ...], ...], ov.InferRequest] | None
+        requests = getattr(self._requests, "by_shape", None)
+        if requests is None:
+            requests = self._requests.by_shape = {}
+        if shapes not in requests:
+            requests[shapes] = self.compiled_for(shapes).create_infer_request()
+        return requests[shapes]
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Taps for one batch: host tensors in, host float32 tensors out (copied, so a later
+        run on the same request cannot change them)."""
+        feed = [np.ascontiguousarray(inputs[name].cpu().numpy()) for name in self.input_names]
+        shapes = tuple(tuple(array.shape) for array in feed)
+        request = self._request(shapes)
+        request.infer(feed)
+        return {
+            name: torch.from_numpy(np.array(request.get_output_tensor(index).data)).float()
+            for index, name in enumerate(self.output_names)
+        }
