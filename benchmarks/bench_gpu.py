@@ -150,6 +150,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check"))
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA GPU; torch sees none here")
     results: dict[str, Any] = {"gpu": torch.cuda.get_device_name()}
     for name, part in (
         ("matching", bench_matching),
