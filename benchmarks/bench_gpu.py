@@ -47,6 +47,7 @@ def truth(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def bench_matching() -> list[dict[str, Any]]:
     """Triton vs torch at 9216 x 9216, C = 1280, per dtype; agreement on clear rows."""
     from cleandift_deploy.kernels.triton_dense import triton_match_dense
+    from cleandift_deploy.kernels.types import NearestNeighbours
 
     rows = []
     torch.backends.cuda.matmul.allow_tf32 = False  # the torch procedure in true float32
@@ -55,6 +56,7 @@ def bench_matching() -> list[dict[str, Any]]:
         a = torch.randn(SIZES["n"], SIZES["c"], device="cuda", generator=g).to(dtype)
         b = torch.randn(SIZES["m"], SIZES["c"], device="cuda", generator=g).to(dtype)
         got = triton_match_dense(a, b)
+        assert isinstance(got, NearestNeighbours)
         want, margin = truth(a, b)
         clear = margin > 1e-4
         agree = (got.indices[:, 0] == want)[clear].float().mean().item()
@@ -77,6 +79,7 @@ def bench_matching() -> list[dict[str, Any]]:
 def bench_gallery() -> dict[str, Any]:
     """Queries whose true neighbours sit past row 1.68M of a 1.7M x 1280 fp16 gallery."""
     from cleandift_deploy.kernels.triton_dense import triton_match_dense
+    from cleandift_deploy.kernels.types import NearestNeighbours
 
     g = torch.Generator(device="cuda").manual_seed(1)
     a = torch.randn(GALLERY["n"], GALLERY["c"], device="cuda", generator=g).half()
@@ -85,6 +88,7 @@ def bench_gallery() -> dict[str, Any]:
     b[planted] = a[:64] * 2
     started = time.perf_counter()
     got = triton_match_dense(a, b)
+    assert isinstance(got, NearestNeighbours)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     found = (got.indices[:64, 0] == planted).float().mean().item()
@@ -92,7 +96,9 @@ def bench_gallery() -> dict[str, Any]:
 
 
 def bench_tensorrt() -> dict[str, Any]:
-    """Tiny engine, batches alternating 1, 2: graphs vs eager, ms per call."""
+    """Tiny engine, batches alternating 1, 2, ms per call: one context and graph per shape
+    (the default), one context re-created and re-captured at every shape change (lanes=1,
+    shapes_per_lane=1: the alternative the review named), and eager runs."""
     import numpy as np
 
     from cleandift_deploy.runtime.tensorrt_backend import tensorrt_installed
@@ -102,8 +108,10 @@ def bench_tensorrt() -> dict[str, Any]:
     from runtime_helpers import export_tiny, random_rgb
 
     from cleandift_deploy.export.tensorrt_build import BuildOptions, build_engine
+    from cleandift_deploy.manifest import Manifest, sidecar_path
     from cleandift_deploy.models import random_unet
     from cleandift_deploy.runtime.extractor import FeatureExtractor
+    from cleandift_deploy.runtime.tensorrt_backend import TensorRTBackend
 
     folder = Path(tempfile.mkdtemp())
     onnx_path = export_tiny(random_unet("tiny", seed=1), folder / "tiny.onnx", batch=(1, 2, 2))
@@ -111,9 +119,16 @@ def bench_tensorrt() -> dict[str, Any]:
     build_engine(onnx_path, engine, BuildOptions(target="tensorrt"))
     rng = np.random.default_rng(0)
     batches = [[random_rgb(64, 64, rng) for _ in range(n)] for n in (1, 2) * 20]
+    manifest = Manifest.load(sidecar_path(engine))
+    variants = {
+        "graphs_ms": {"cuda_graphs": True},
+        "recapture_each_change_ms": {"cuda_graphs": True, "lanes": 1, "shapes_per_lane": 1},
+        "eager_ms": {"cuda_graphs": False},
+    }
     result: dict[str, Any] = {}
-    for graphs in (True, False):
-        extractor = FeatureExtractor.load(engine, cuda_graphs=graphs)
+    for key, options in variants.items():
+        backend = TensorRTBackend(engine, manifest, "cuda", **options)  # type: ignore[arg-type]
+        extractor = FeatureExtractor(backend, manifest)
         for images in batches[:4]:
             extractor(images)
         torch.cuda.synchronize()
@@ -121,7 +136,6 @@ def bench_tensorrt() -> dict[str, Any]:
         for images in batches:
             extractor(images)
         torch.cuda.synchronize()
-        key = "graphs_ms" if graphs else "eager_ms"
         result[key] = round((time.perf_counter() - started) * 1000 / len(batches), 3)
     return result
 
