@@ -87,6 +87,7 @@ def feature_metadata(
         "image_size": json.dumps(list(placement.original)),
         "input_size": json.dumps([height, width]),
         "content_size": json.dumps(list(placement.content)),
+        "content_offset": json.dumps(list(placement.offset)),
         "resize": extractor.resize,
         "taps": json.dumps(list(extractor.taps)),
         "backend": extractor.backend_name,
