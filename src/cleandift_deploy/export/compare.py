@@ -9,8 +9,8 @@ from pathlib import Path
 from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
 from ..models import load_unet, random_unet
-from ..models.freeu import FreeU
 from ..models.dinov2 import DinoFeatures, is_dinov2
+from ..models.freeu import FreeU
 from ..models.loading import LoadedUNet
 from ..models.noise import NoiseSpec
 from .agreement import TapAgreement, compare_outputs, failures

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CleanDiftError
-from ..manifest import InputInfo, Manifest, ShapeRange, TapInfo
+from ..manifest import InputInfo, Manifest, TapInfo
 from ..models.dinov2 import (
     DINO_ARCHS,
     DINO_TAP,
@@ -41,8 +41,8 @@ from .cleanup import fold_and_clean
 from .exporter import check_onnx, package_versions
 from .fp16 import to_mixed_fp16
 from .measure import concat_runs, reference_outputs
-from .options import EXTERNAL_DATA_THRESHOLD, PRECISIONS
-from .shapes import ShapePlan
+from .options import EXTERNAL_DATA_THRESHOLD, check_common
+from .shapes import ShapePlan, plan_ranges
 from .trace import trace_to_onnx
 
 DINO_INPUT = InputInfo("image", "uint8", "NCHW", (0.0, 255.0), "letterbox", PATCH)
@@ -65,42 +65,15 @@ class DinoExportOptions:
 
     def check(self) -> None:
         """One-line errors for option values that cannot work together."""
-        if self.precision not in PRECISIONS:
-            raise CleanDiftError(
-                f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
-            )
-        low, opt, high = self.batch
-        if not 1 <= low <= opt <= high:
-            raise CleanDiftError(
-                f"batch range {low}:{opt}:{high} must satisfy 1 <= MIN <= OPT <= MAX"
-            )
-        if self.opset < 14:
-            raise CleanDiftError(f"opset {self.opset} is too old: use 14 or newer (17 default)")
+        check_common(self.precision, self.batch, self.opset)
 
 
 def plan_dino_shapes(arch: str, options: DinoExportOptions) -> ShapePlan:
-    """Batch and size ranges; sides must be multiples of 14."""
+    """Batch and size ranges (default 840 px); sides must be multiples of 14."""
     default = default_dino_size(arch)
-    height, width = options.image_size or (default, default)
-    if options.size_range is None:
-        (h_min, w_min), (h_max, w_max) = (height, width), (height, width)
-    else:
-        (h_min, w_min), (h_max, w_max) = options.size_range
-        if options.image_size is None:
-            height, width = h_max, w_max
-    for h, w in ((height, width), (h_min, w_min), (h_max, w_max)):
-        check_dino_size(h, w)
-    if not (h_min <= height <= h_max and w_min <= width <= w_max):
-        raise CleanDiftError(
-            f"image size {height}x{width} lies outside the size range "
-            f"{h_min}x{w_min}..{h_max}x{w_max}: choose an --image-size inside it"
-        )
-    low, opt, high = options.batch
-    return ShapePlan(
-        ShapeRange(low, opt, high),
-        ShapeRange(h_min, height, h_max),
-        ShapeRange(w_min, width, w_max),
-    )
+    size = options.image_size or (default, default)
+    explicit = options.image_size is not None
+    return plan_ranges(size, options.size_range, explicit, options.batch, check_dino_size)
 
 
 def dino_batches(plan: ShapePlan, generator: torch.Generator | None = None) -> Batches:

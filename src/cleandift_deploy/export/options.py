@@ -18,6 +18,17 @@ EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 (protobuf cannot hold more than 2 GiB)."""
 
 
+def check_common(precision: str, batch: tuple[int, int, int], opset: int) -> None:
+    """One-line errors for a precision, batch range or opset that cannot work (every export)."""
+    if precision not in PRECISIONS:
+        raise CleanDiftError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    low, opt, high = batch
+    if not 1 <= low <= opt <= high:
+        raise CleanDiftError(f"batch range {low}:{opt}:{high} must satisfy 1 <= MIN <= OPT <= MAX")
+    if opset < 14:
+        raise CleanDiftError(f"opset {opset} is too old: use 14 or newer (17 default)")
+
+
 @dataclass
 class ExportOptions:
     """Options of one export; `None` fields take the model's defaults.
@@ -51,21 +62,11 @@ class ExportOptions:
 
     def check(self) -> None:
         """One-line errors for option values that cannot work together."""
-        if self.precision not in PRECISIONS:
-            raise CleanDiftError(
-                f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
-            )
-        low, opt, high = self.batch
-        if not 1 <= low <= opt <= high:
-            raise CleanDiftError(
-                f"batch range {low}:{opt}:{high} must satisfy 1 <= MIN <= OPT <= MAX"
-            )
+        check_common(self.precision, self.batch, self.opset)
         if self.calibration_images is not None and self.precision != "fp16":
             raise CleanDiftError("--calibration-images only applies to --precision fp16")
         if self.calibration_images is not None and not self.vae:
             raise CleanDiftError("--calibration-images needs the VAE in the graph (drop --no-vae)")
-        if self.opset < 14:
-            raise CleanDiftError(f"opset {self.opset} is too old: use 14 or newer (17 default)")
         if self.noise is not None:
             self.check_noise(self.noise)
 

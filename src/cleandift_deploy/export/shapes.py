@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,20 +37,36 @@ def plan_shapes(arch: str, options: ExportOptions) -> ShapePlan:
     """The shape ranges for these options; sizes are checked to be multiples of 64."""
     default = default_image_size(arch)
     height, width = (default if s is None else int(s) for s in options.image_size)
-    if options.size_range is None:
+    explicit = options.image_size != (None, None)
+    return plan_ranges(
+        (height, width), options.size_range, explicit, options.batch, check_image_size
+    )
+
+
+def plan_ranges(
+    size: tuple[int, int],
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None,
+    explicit_size: bool,
+    batch: tuple[int, int, int],
+    check_size: Callable[[int, int], None],
+) -> ShapePlan:
+    """Ranges from an optimisation `size` and an optional size range (whose maximum is the
+    optimisation size unless one was given explicitly); every size passes `check_size`."""
+    height, width = size
+    if size_range is None:
         (h_min, w_min), (h_max, w_max) = (height, width), (height, width)
     else:
-        (h_min, w_min), (h_max, w_max) = options.size_range
-        if options.image_size == (None, None):
+        (h_min, w_min), (h_max, w_max) = size_range
+        if not explicit_size:
             height, width = h_max, w_max
     for h, w in ((height, width), (h_min, w_min), (h_max, w_max)):
-        check_image_size(h, w)
+        check_size(h, w)
     if not (h_min <= height <= h_max and w_min <= width <= w_max):
         raise CleanDiftError(
             f"image size {height}x{width} lies outside the size range "
             f"{h_min}x{w_min}..{h_max}x{w_max}: choose an --image-size inside it"
         )
-    low, opt, high = options.batch
+    low, opt, high = batch
     return ShapePlan(
         ShapeRange(low, opt, high),
         ShapeRange(h_min, height, h_max),
