@@ -58,11 +58,11 @@ def _held_out_pck(data: Path, checkpoint: Path, cache: Path, alpha: float) -> tu
 
 def test_loss_falls_and_held_out_pck_rises(tiny, blobs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_training(tiny, _options(blobs, out, 100), _quiet, _quiet)
+    result = run_training(tiny, _options(blobs, out, 60), _quiet, _quiet)
     assert result.extractions == 48  # every training image's UNet maps exactly once
     losses = np.array(result.history)
-    assert len(losses) == 100 and np.isfinite(losses).all()
-    assert losses[-20:].mean() < 0.6 * losses[:20].mean()
+    assert len(losses) == 60 and np.isfinite(losses).all()
+    assert losses[-15:].mean() < 0.7 * losses[:15].mean()
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the run's initial network (seed 0)
         untrained = AggregationNetwork(result.network.channels, 1)
