@@ -34,6 +34,14 @@ def compile_reports(dtype: str, arch: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line]
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return platform.machine()
+
+
 def markdown(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
     """The table, one row per (arch, dtype, mutual, config)."""
     lines = [
@@ -42,7 +50,8 @@ def markdown(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
         "`python benchmarks/bench_triton_compile.py` on "
         f"{versions['cpu']}; triton {versions['triton']} (its bundled ptxas). "
         "BLOCK_N = 128. Shared memory limit per block: sm80 163 KB, sm90 227 KB. "
-        "`i32 offsets` counts `tt.addptr` with 32-bit offsets in the TTIR (must be 0).",
+        "`i32 offsets` counts `tt.addptr` with 32-bit offsets and int32 element-wise products in "
+        "the TTIR (both must be 0).",
         "",
         "| arch | dtype | mutual | config (BLOCK_M-BLOCK_C-stages-warps) | registers | "
         "spill stores / loads (B) | shared (KB) | limit (KB) | i32 offsets |",
@@ -53,7 +62,7 @@ def markdown(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:
             f"| sm{r['arch']} | {r['dtype']} | {'yes' if r['columns'] else 'no'} | "
             f"{r['config']} | {r['registers']} | {r['spill_stores']} / {r['spill_loads']} | "
             f"{r['shared_bytes'] / 1024:.0f} | {r['shared_limit'] / 1024:.0f} | "
-            f"{r['i32_pointer_offsets']} |"
+            f"{r['i32_pointer_offsets']} + {r['i32_tensor_products']} |"
         )
     spills = sum(1 for r in rows if r["spill_stores"] or r["spill_loads"])
     over = sum(1 for r in rows if r["shared_bytes"] > r["shared_limit"])
@@ -68,7 +77,7 @@ def main() -> None:
     rows = []
     for dtype, arch in track(JOBS, description="compiling"):
         rows += compile_reports(dtype, arch)
-    versions = {"triton": triton.__version__, "cpu": platform.processor() or platform.machine()}
+    versions = {"triton": triton.__version__, "cpu": cpu_name()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "triton_compile.json").write_text(
         json.dumps({"versions": versions, "rows": rows}, indent=1)

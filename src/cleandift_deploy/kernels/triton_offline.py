@@ -4,7 +4,8 @@
 (TTIR, TTGIR, LLVM IR, PTX, and ptxas from the triton wheel) with no driver. From each compiled
 config this module reads what decides whether it can run well: registers, spill bytes (ptxas's
 ``-v`` log), shared memory against the architecture's per-block limit, and whether any pointer
-offset in the TTIR is 32-bit (it would wrap past 2^31 elements).
+offset in the TTIR is 32-bit or computed by an int32 element-wise product (either would wrap
+past 2^31 elements).
 
 Run it in a process where ``TRITON_INTERPRET`` is unset before triton is imported (the tests
 start ``python -m cleandift_deploy.kernels.triton_offline``; the interpreter cannot compile).
@@ -26,6 +27,7 @@ SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 DTYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 PTXAS_USAGE = re.compile(r"Used (\d+) registers")
 PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+TENSOR_I32_PRODUCT = re.compile(r"arith\.muli .*: tensor<[^>]*xi32>")
 ADDPTR = re.compile(r"tt\.addptr .*: (?:tensor<[^>]*x)?!tt\.ptr<[^>]*>>?, (?:tensor<[^>]*x)?(i\d+)")
 
 
@@ -43,6 +45,7 @@ class CompileReport:
     shared_bytes: int
     shared_limit: int
     i32_pointer_offsets: int
+    i32_tensor_products: int
     seconds: float
 
 
@@ -74,6 +77,12 @@ def _divisible(signature: dict[str, str]) -> dict[tuple[int, ...], list[list[obj
 def pointer_offset_widths(ttir: str) -> list[str]:
     """The integer type of every ``tt.addptr`` offset in a TTIR listing ("i32", "i64")."""
     return [match.group(1) for match in ADDPTR.finditer(ttir)]
+
+
+def tensor_i32_products(ttir: str) -> int:
+    """How many element-wise int32 multiplications a TTIR listing has: an offset such as
+    ``rows * stride`` computed in int32 wraps before any later widening can help."""
+    return len(TENSOR_I32_PRODUCT.findall(ttir))
 
 
 def ptxas_usage(log: str) -> tuple[int, int, int]:
@@ -124,6 +133,7 @@ def compile_config(config: object, dtype: str, arch: int, columns: bool) -> Comp
         shared_bytes=int(compiled.metadata.shared),
         shared_limit=SHARED_LIMIT[arch],
         i32_pointer_offsets=widths.count("i32"),
+        i32_tensor_products=tensor_i32_products(compiled.asm["ttir"]),
         seconds=round(time.perf_counter() - started, 2),
     )
 
