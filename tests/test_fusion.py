@@ -13,7 +13,7 @@ import torch
 from cleandift_deploy.descriptors import PRESETS
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.datasets import load_pairs
-from cleandift_deploy.eval.methods import MethodOptions, build_method
+from cleandift_deploy.eval.methods import MethodOptions, PairSample, build_method
 from cleandift_deploy.eval.photoset import make_synthetic
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.dinov2_export import DinoExportOptions, export_dinov2
@@ -186,3 +186,34 @@ def test_descriptor_method_runs_pytorch_models_without_artifacts(synthetic: Path
     found = method.predict(sample)
     assert found.shape == sample.target_points.shape and np.isfinite(found).all()
     assert method.describe()["dino"]["backend"] == "torch-cpu"
+
+
+def test_fitted_pca_bases_make_sd_dino_per_image(
+    artifacts: tuple[Path, Path], synthetic: Path, tmp_path: Path
+) -> None:
+    from export_helpers import run_cli
+
+    sd, dino = artifacts
+    bases = tmp_path / "bases.safetensors"
+    code = run_cli(["fit-pca", str(sd), str(synthetic / "JPEGImages"), "-o", str(bases),
+                    "--size", "128"])  # fmt: skip
+    assert code == 0
+    options = MethodOptions(
+        model=sd, dino=dino, descriptor="sd-dino", settings={"pca_bases": str(bases)}
+    )
+    method = build_method("descriptor", options)
+    assert method.describe()["pca"]["fit"] == "fitted bases"
+    samples = load_pairs(synthetic, "spair", "test")
+    a, b, c = (method.features(p, "x") for p in (samples[0].source_path, *_targets(samples)))
+    first, _ = method.fusion.pair(a, b)
+    second, _ = method.fusion.pair(a, c)
+    assert torch.equal(first, second)  # the source's descriptor no longer depends on the pair
+    co_first, _ = FusionExtractor(PRESETS["sd-dino"], method.fusion.sd, method.fusion.dino).pair(
+        a, b
+    )
+    assert not torch.equal(co_first, first)
+
+
+def _targets(samples: list[PairSample]) -> list[Path]:
+    paths = sorted({s.target_path for s in samples} - {samples[0].source_path})
+    return paths[:2]

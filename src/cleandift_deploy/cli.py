@@ -15,6 +15,7 @@ from .hyperfeatures.commands import COMMANDS as HYPERFEATURE_COMMANDS
 from .models.commands import COMMANDS as MODEL_COMMANDS
 from .runtime.bench_commands import COMMANDS as BENCH_COMMANDS
 from .runtime.commands import COMMANDS as RUNTIME_COMMANDS
+from .runtime.fusion_commands import COMMANDS as FUSION_COMMANDS
 from .serve.commands import COMMANDS as SERVE_COMMANDS
 from .serve.triton_commands import COMMANDS as TRITON_COMMANDS
 from .train.commands import COMMANDS as TRAIN_COMMANDS
@@ -31,6 +32,7 @@ for command in (
     *EXPORT_COMMANDS,
     *DINOV2_COMMANDS,
     *RUNTIME_COMMANDS,
+    *FUSION_COMMANDS,
     *TRAIN_COMMANDS,
     *HYPERFEATURE_COMMANDS,
     *EVAL_COMMANDS,
