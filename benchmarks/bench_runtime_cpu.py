@@ -11,7 +11,12 @@ For the full SD2.1 architecture with random weights, batch 1, fp32, at 512 and 7
 
 Cases: `torch-fp32` (eager, the reference), `torch-bf16` (eager under bf16 autocast: AMX where the
 CPU has it), `ort-plain` (the standard graph, ONNX Runtime defaults, memory run only: it
-materialises attention), `ort-fast` (`create_session`: attention fused, tuned options).
+materialises attention), `ort-fast` (`create_session`: attention fused, tuned options), `ov-f32`
+and `ov-bf16` (the runtime's OpenVINO model: IR converted once into the work folder, static shape,
+`INFERENCE_PRECISION_HINT` f32 / bf16); `ov-f32-onnx` (memory run only: OpenVINO reading the ONNX
+file itself instead of the IR, to show what the IR's mapped weights save). Every case also
+reports how many nearest-neighbour matches (every us6 cell of a second image against the first)
+agree with fp32 PyTorch.
 
     flock /tmp/cpu-heavy.lock python benchmarks/bench_runtime_cpu.py --workdir /tmp/ort/bench
 """
@@ -35,8 +40,16 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "runtime_cpu"
-TIMED_CASES = ("torch-fp32", "torch-bf16", "ort-fast")
-MEMORY_CASES = ("torch-fp32", "torch-bf16", "ort-plain", "ort-fast")
+TIMED_CASES = ("torch-fp32", "torch-bf16", "ort-fast", "ov-f32", "ov-bf16")
+MEMORY_CASES = (
+    "torch-fp32",
+    "torch-bf16",
+    "ort-plain",
+    "ort-fast",
+    "ov-f32",
+    "ov-bf16",
+    "ov-f32-onnx",
+)
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -124,6 +137,31 @@ def weight_bytes(path: Path) -> int:
 
 def make_runner(case: str, arch: str, graph: Path, module: object | None) -> Runner:
     """A function image -> us6 for one case."""
+    if case == "ov-f32-onnx":
+        import openvino as ov
+
+        from cleandift_deploy.runtime.openvino_backend import PRECISIONS
+        from cleandift_deploy.runtime.ort_session import physical_cores
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS["fp32"]}
+        config["INFERENCE_NUM_THREADS"] = physical_cores()
+        compiled: dict[tuple[int, ...], object] = {}
+
+        def run_onnx(image: np.ndarray) -> np.ndarray:
+            if image.shape not in compiled:
+                model = core.read_model(str(graph))
+                model.reshape({"image": image.shape})
+                compiled[image.shape] = core.compile_model(model, "CPU", config)
+            return compiled[image.shape]([image])[0]  # type: ignore[operator]
+
+        return run_onnx
+    if case.startswith("ov"):
+        from cleandift_deploy.runtime.openvino_backend import OpenVINOModel
+
+        precision = "bf16" if case == "ov-bf16" else "fp32"
+        model = OpenVINOModel(graph, precision, cache_dir=graph.parent / "openvino-cache")
+        return lambda image: model.run([image])[0]
     if case.startswith("ort"):
         import onnxruntime as ort
 
@@ -157,6 +195,20 @@ def agreement(out: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
+def match_agreement(pair: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Share of nearest-neighbour matches (each cell of image 2 -> image 1, cosine) that equal
+    the reference's."""
+    import torch
+
+    from cleandift_deploy.kernels import match_dense
+
+    def matches(maps: list[np.ndarray]) -> torch.Tensor:
+        a, b = (torch.from_numpy(m[0].reshape(m.shape[1], -1).T.copy()).float() for m in maps)
+        return match_dense(b, a, impl="blocked").indices.flatten()
+
+    return float((matches(pair) == matches(reference)).float().mean())
+
+
 def timed(run: Runner, image: np.ndarray) -> tuple[float, np.ndarray]:
     """Seconds one call takes, and its output."""
     started = time.perf_counter()
@@ -178,9 +230,11 @@ def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, 
             gc.collect()
             runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
             image = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
-            outputs = {}
+            second = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+            outputs, pairs = {}, {}
             for case, run in runners.items():
                 outputs[case] = run(image)
+                pairs[case] = [outputs[case], run(second)]
                 progress.advance(task)
             times: dict[str, list[float]] = {case: [] for case in runners}
             for _ in range(repeats):
@@ -196,6 +250,9 @@ def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, 
                     "median_s": round(statistics.median(times[case]), 3),
                     "speedup_vs_torch_fp32": round(eager / statistics.median(times[case]), 3),
                     "agreement_vs_torch_fp32": agreement(outputs[case], reference),
+                    "match_agreement_vs_torch_fp32": match_agreement(
+                        pairs[case], pairs["torch-fp32"]
+                    ),
                 }
                 for case in runners
             }
@@ -256,8 +313,9 @@ def markdown(report: dict[str, object]) -> str:
         "",
         f"Machine: {report['machine']}. Peak RSS target: {1.5 * weights:.2f} GiB (1.5x weights).",
         "",
-        "| size | case | median s | vs torch fp32 | cosine vs fp32 | max abs | peak RSS GiB |",
-        "|---|---|---|---|---|---|---|",
+        "| size | case | median s | vs torch fp32 | cosine vs fp32 | max abs | NN match "
+        "| peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     timing_rows: dict[str, dict[str, dict[str, object]]] = report["timing"]  # type: ignore[assignment]
     memory_rows: dict[str, dict[str, dict[str, object]]] = report["memory"]  # type: ignore[assignment]
@@ -271,7 +329,11 @@ def markdown(report: dict[str, object]) -> str:
             cos = f"{agree['cosine']:.7f}" if agree else "-"
             err = f"{agree['max_abs']:.2e}" if agree else "-"
             peak = f"{float(mem['peak_rss_gib']):.2f}" if "peak_rss_gib" in mem else "-"
-            lines.append(f"| {size} | {case} | {median} | {speed} | {cos} | {err} | {peak} |")
+            matched = row.get("match_agreement_vs_torch_fp32")
+            nn = f"{100 * float(matched):.2f}%" if matched is not None else "-"  # type: ignore[arg-type]
+            lines.append(
+                f"| {size} | {case} | {median} | {speed} | {cos} | {err} | {nn} | {peak} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -299,15 +361,23 @@ def plot(report: dict[str, object], path: Path) -> None:
 
 
 def machine() -> str:
-    """Processor, physical cores and whether it has AMX (bf16 matrix units)."""
-    import platform
-
+    """Processor name, physical cores, and its bf16 units (AMX, AVX512_BF16)."""
     import psutil
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    from cleandift_deploy.kernels.cpu_features import cpu_flags
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), ""
+    )
+    flags = cpu_flags()
+    units = [
+        label
+        for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"))
+        if flag in flags
+    ]
     cores = psutil.cpu_count(logical=False)
-    return f"{platform.processor() or platform.machine()}, {cores} cores, {amx}"
+    return f"{name or 'x86_64'}, {cores} cores, {', '.join(units) or 'no bf16 units'}"
 
 
 def main() -> None:
@@ -326,6 +396,7 @@ def main() -> None:
         print(json.dumps(memory_case(args.memory_case, args.arch, graph, sizes[0])))
         return
     skipped = set(args.skip.split(","))
+    make_runner("ov-f32", args.arch, graph, None)  # converts the graph to IR once, before timing
     report: dict[str, object] = {
         "arch": args.arch,
         "machine": machine(),

@@ -60,7 +60,7 @@ def test_openvino_fp32_matches_pytorch_and_compiles_once_per_size(
     assert openvino.backend_name == "openvino-cpu"
     backend = openvino.backend
     assert isinstance(backend, OpenVINOBackend)
-    assert backend.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert backend.model.config["INFERENCE_PRECISION_HINT"] == "f32"
     for size in [(64, 64), (128, 64), (64, 64)]:
         ov_at, ref_at = (
             FeatureExtractor(e.backend, e.manifest, image_size=size) for e in (openvino, reference)
@@ -72,7 +72,7 @@ def test_openvino_fp32_matches_pytorch_and_compiles_once_per_size(
             figures = agreement(want[tap], got[tap])
             assert figures["cosine_min"] >= FP32_COSINE, (size, tap, figures)
             assert figures["relative_l2"] < 1e-4, (size, tap, figures)
-    assert sorted(shape[0] for shape in backend.compiled) == [
+    assert sorted(shape[0] for shape in backend.model.compiled) == [
         (1, 3, 64, 64),
         (1, 3, 128, 64),
         (2, 3, 64, 64),
@@ -86,7 +86,7 @@ def test_bf16_by_name_agrees_loosely_and_differs_from_fp32(
     fp32 = FeatureExtractor.load(dynamic_onnx, backend="openvino")
     bf16 = FeatureExtractor.load(dynamic_onnx, backend="openvino-bf16")
     assert bf16.backend_name == "openvino-cpu-bf16"
-    assert bf16.backend.config["INFERENCE_PRECISION_HINT"] == "bf16"  # type: ignore[attr-defined]
+    assert bf16.backend.model.config["INFERENCE_PRECISION_HINT"] == "bf16"  # type: ignore[attr-defined]
     images = _images(rng, 2)
     exact, rounded = fp32(images), bf16(images)
     for tap in TINY_TAPS:
@@ -97,7 +97,7 @@ def test_the_ir_is_converted_once_and_reused(
     dynamic_onnx: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:
     first = FeatureExtractor.load(dynamic_onnx, backend="openvino")
-    cache = Path(first.backend.config["CACHE_DIR"]).parent  # type: ignore[attr-defined]
+    cache = Path(first.backend.model.config["CACHE_DIR"]).parent  # type: ignore[attr-defined]
     irs = sorted(cache.glob("tiny-*.xml"))
     assert len(irs) == 1 and irs[0].with_suffix(".bin").stat().st_size > 0
     stamp = irs[0].stat().st_mtime_ns

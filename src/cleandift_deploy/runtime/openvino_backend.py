@@ -43,10 +43,10 @@ def default_cache_dir() -> Path:
     return root / "cleandift_deploy" / "openvino"
 
 
-def _artifact_key(path: Path, manifest: Manifest) -> str:
-    """Names one version of an artifact: the manifest plus the file's size and time."""
+def _artifact_key(path: Path) -> str:
+    """Names one version of a graph file: its full path, size and modification time."""
     stat = path.stat()
-    text = f"{manifest.to_json()}|{stat.st_size}|{stat.st_mtime_ns}"
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -58,11 +58,11 @@ def _read_onnx(core: ov.Core, path: Path) -> ov.Model:
         raise CleanDiftError(f"OpenVINO cannot read {path}: {first}; re-export it") from None
 
 
-def intermediate_representation(core: ov.Core, path: Path, manifest: Manifest, cache: Path) -> Path:
+def intermediate_representation(core: ov.Core, path: Path, cache: Path) -> Path:
     """The artifact as OpenVINO IR in `cache` (converted once; `.bin` weights are then mapped,
     not copied, when read). Both files are written under temporary names and renamed, the
     `.xml` last, so a crash never leaves an IR that looks complete."""
-    xml = cache / f"{path.stem}-{_artifact_key(path, manifest)}.xml"
+    xml = cache / f"{path.stem}-{_artifact_key(path)}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return xml
     import openvino as ov
@@ -94,40 +94,33 @@ def _check_artifact(path: Path, manifest: Manifest) -> None:
     _check_embedded_manifest(path, metadata.get(MANIFEST_METADATA_KEY), manifest)
 
 
-class OpenVINOBackend:
-    """Runs an `.onnx` artifact on the CPU with OpenVINO, in fp32 (default) or bf16."""
+class OpenVINOModel:
+    """An ONNX graph in OpenVINO: compiled per input shape on first use, run from many threads.
+
+    `precision` "fp32" (exact: `INFERENCE_PRECISION_HINT=f32`) or "bf16"; `threads` defaults to
+    the physical cores; `cache_dir` holds the IR and the compiled blobs.
+    """
 
     def __init__(
         self,
         path: Path,
-        manifest: Manifest,
-        device: str = "cpu",
-        threads: int | None = None,
         precision: str = "fp32",
+        threads: int | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         import openvino as ov
 
-        path = Path(path)
-        if device != "cpu":
-            raise CleanDiftError(f"the OpenVINO backend runs on the CPU, not {device!r}: use cpu")
         if precision not in PRECISIONS:
             raise CleanDiftError(f"unknown precision {precision!r}: use fp32 or bf16")
         if threads is not None and threads < 1:
             raise CleanDiftError(f"threads must be at least 1, got {threads}")
-        _check_artifact(path, manifest)
         self.core = ov.Core()
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.model = self.core.read_model(
-            str(intermediate_representation(self.core, path, manifest, cache))
+            str(intermediate_representation(self.core, Path(path), cache))
         )
         self.input_names = [port.get_any_name() for port in self.model.inputs]
         self.output_names = [port.get_any_name() for port in self.model.outputs]
-        missing = [t for t in manifest.tap_names if t not in self.output_names]
-        if missing:
-            raise CleanDiftError(
-                f"{path} lacks the outputs {', '.join(missing)} its manifest lists: re-export it"
-            )
         self.config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
             "INFERENCE_NUM_THREADS": threads or physical_cores(),
@@ -137,8 +130,6 @@ class OpenVINOBackend:
         self.compiled: dict[tuple[tuple[int, ...], ...], ov.CompiledModel] = {}
         self._compile_lock = threading.Lock()
         self._requests = threading.local()
-        self.device = torch.device("cpu")
-        self.name = "openvino-cpu" if precision == "fp32" else "openvino-cpu-bf16"
 
     def compiled_for(self, shapes: tuple[tuple[int, ...], ...]) -> ov.CompiledModel:
         """The model compiled for these input shapes (in `input_names` order), compiled on the
@@ -163,14 +154,45 @@ class OpenVINOBackend:
             requests[shapes] = self.compiled_for(shapes).create_infer_request()
         return requests[shapes]
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Taps for one batch: host tensors in, host float32 tensors out (copied, so a later
-        run on the same request cannot change them)."""
-        feed = [np.ascontiguousarray(inputs[name].cpu().numpy()) for name in self.input_names]
-        shapes = tuple(tuple(array.shape) for array in feed)
-        request = self._request(shapes)
+    def run(self, feed: list[np.ndarray]) -> list[np.ndarray]:
+        """Outputs (copies, in `output_names` order) for contiguous inputs in `input_names`
+        order."""
+        request = self._request(tuple(tuple(array.shape) for array in feed))
         request.infer(feed)
+        return [np.array(request.get_output_tensor(i).data) for i in range(len(self.output_names))]
+
+
+class OpenVINOBackend:
+    """Runs an `.onnx` artifact on the CPU with OpenVINO, in fp32 (default) or bf16."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str = "fp32",
+        cache_dir: Path | None = None,
+    ) -> None:
+        path = Path(path)
+        if device != "cpu":
+            raise CleanDiftError(f"the OpenVINO backend runs on the CPU, not {device!r}: use cpu")
+        _check_artifact(path, manifest)
+        self.model = OpenVINOModel(path, precision, threads, cache_dir)
+        missing = [t for t in manifest.tap_names if t not in self.model.output_names]
+        if missing:
+            raise CleanDiftError(
+                f"{path} lacks the outputs {', '.join(missing)} its manifest lists: re-export it"
+            )
+        self.device = torch.device("cpu")
+        self.name = "openvino-cpu" if precision == "fp32" else "openvino-cpu-bf16"
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Taps for one batch: host tensors in, host float32 tensors out."""
+        names = self.model.input_names
+        feed = [np.ascontiguousarray(inputs[name].cpu().numpy()) for name in names]
+        outputs = self.model.run(feed)
         return {
-            name: torch.from_numpy(np.array(request.get_output_tensor(index).data)).float()
-            for index, name in enumerate(self.output_names)
+            name: torch.from_numpy(value).float()
+            for name, value in zip(self.model.output_names, outputs, strict=True)
         }
