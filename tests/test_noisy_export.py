@@ -31,6 +31,7 @@ from cleandift_deploy.models import load_vae, random_prompt_embedding
 from cleandift_deploy.models.freeu import FreeU
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.models.noise import EnsembleNoiser, NoiseSpec, alphas_cumprod, fixed_draws
+from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.reference import ReferenceSpec, build_reference
 
 TAPS = ("us3", "us6")
@@ -276,3 +277,16 @@ def test_cli_recipes_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert run_cli([*base, "-o", str(tmp_path / "bad.onnx"), *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
         assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_every_backend_sees_the_same_noise(noisy_fp32: Path) -> None:
+    """ONNX Runtime, OpenVINO and the PyTorch reference of the artifact, through the runtime."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    images = [rng.integers(0, 256, (100, 90, 3), dtype=np.uint8) for _ in range(3)]
+    found = {
+        backend: FeatureExtractor.load(noisy_fp32, backend=backend)(images)
+        for backend in ("onnxruntime", "openvino", "torch")
+    }
+    for backend in ("onnxruntime", "openvino"):
+        for name in TAPS:
+            assert_fp32_agreement(found["torch"][name].numpy(), found[backend][name].numpy())
