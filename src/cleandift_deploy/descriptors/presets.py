@@ -11,15 +11,16 @@ GeoAware's s3 / s4 / s5 (tensors entering LDM output_blocks 8 / 5 / 2) are us8 /
   L2-normalised, concatenated with equal weights; nearest neighbour on the 60 x 60 grid.
 - `geoaware` (GeoAware-SC zero-shot): t=50, no PCA, [s3 | s4 | s5 each bilinear to s3's grid |
   DINO] (3968), SD part and DINO part normalised separately, concatenated, normalised again;
-  window soft-argmax (r=5, beta=0.02). FreeU is part of the recipe (an export option of the SD
-  graph); the adaptive flip needs SAM masks and is not part of it.
+  window soft-argmax (r=5, beta=0.02); the adaptive flip needs SAM masks and is not part of it.
+
+Timestep, noise, ensemble and FreeU belong to the SD graph: export it with
+`cleandift-deploy export --recipe NAME` (export/recipes.py), the same names as these presets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -48,8 +49,6 @@ class Preset:
     sd_resize: str = "squash"
     sd_size: int = 768
     dino_size: int = 840
-    recipe: dict[str, Any] = field(default_factory=dict)
-    """How the SD artifact should be exported (timestep, ensemble, latent, FreeU, prompt)."""
 
     @property
     def pairwise(self) -> bool:
@@ -63,9 +62,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "dift",
             ("us6",),
-            recipe={"model": "sd21", "timestep": 261, "ensemble": 8, "latent": "sample"},
         ),
-        Preset("cleandift", ("us6",), recipe={"model": "cleandift-sd21", "timestep": "learned"}),
+        Preset("cleandift", ("us6",)),
         Preset(
             "sd-dino",
             ("us8", "us5", "us2"),
@@ -75,7 +73,6 @@ PRESETS: dict[str, Preset] = {
             grid="cells",
             sd_resize="letterbox",
             sd_size=960,
-            recipe={"model": "sd15", "timestep": 100, "ensemble": 1, "latent": "mean"},
         ),
         Preset(
             "geoaware",
@@ -87,7 +84,6 @@ PRESETS: dict[str, Preset] = {
             grid="cells",
             sd_resize="letterbox",
             sd_size=960,
-            recipe={"model": "sd15", "timestep": 50, "latent": "mean", "freeu": True},
         ),
     )
 }

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..runtime.extractor import FeatureExtractor
     from ..runtime.fusion import ImageFeatures
 
+
 def _sd_extractor(options: MethodOptions, preset: Preset, size: int | None) -> FeatureExtractor:
     from ..runtime.extractor import FeatureExtractor
     from ..runtime.fusion import size_within
@@ -119,8 +120,12 @@ class DescriptorMethod:
         return {
             "method": self.name,
             "preset": self.preset.name,
-            "recipe": self.preset.recipe,
-            "sd": _model_record(self.options.model, sd),
+            "sd": {
+                **_model_record(self.options.model, sd),
+                "timestep": sd.manifest.timestep,
+                "noise": sd.manifest.noise,
+                "freeu": sd.manifest.freeu,
+            },
             "dino": None if dino is None else _model_record(self.options.dino, dino),
             "pca": None
             if self.preset.pca_dims is None
