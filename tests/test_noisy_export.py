@@ -254,6 +254,8 @@ def test_random_noise_differs_per_call(tiny: LoadedUNet, tmp_path: Path) -> None
     first, second = (session.run(["us3"], {"image": images})[0] for _ in range(2))
     assert np.abs(first - second).max() > 1e-3
     assert Manifest.load(sidecar_path(out)).noise["random"] is True
+    with pytest.raises(CleanDiftError, match="fresh noise on every call"):
+        compare_artifact(out)
 
 
 def test_cli_recipes_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

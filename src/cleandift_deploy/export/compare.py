@@ -64,6 +64,11 @@ def reference_unet(manifest: Manifest, source: str | None) -> LoadedUNet:
 
 def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
     """The fp32 PyTorch module that computes what the artifact claims to compute."""
+    if manifest.noise.get("random"):
+        raise CleanDiftError(
+            "the artifact draws fresh noise on every call, so no reference can agree with it: "
+            "export with fixed noise (no --random-noise) to compare"
+        )
     loaded = reference_unet(manifest, source)
     options = ExportOptions(
         taps=manifest.tap_names,
