@@ -93,8 +93,14 @@ def pck_command(**kwargs: object) -> None:
 @click.option("--train-pairs", type=int, default=None, help="trn pairs (default: --pairs).")
 @click.option("--val-pairs", type=int, default=None, help="val pairs (default: --pairs / 4).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-side", type=int, default=None, help="Shrink photos to this longer side.")
 def make_synthetic_command(
-    out: Path, pairs: int, train_pairs: int | None, val_pairs: int | None, seed: int
+    out: Path,
+    pairs: int,
+    train_pairs: int | None,
+    val_pairs: int | None,
+    seed: int,
+    max_side: int | None,
 ) -> None:
     """An SPair-layout set from scikit-image's photographs and random warps of them."""
     from rich.progress import Progress
@@ -108,9 +114,11 @@ def make_synthetic_command(
     }
     if min(counts.values()) < 0 or pairs < 1:
         raise CleanDiftError("--pairs must be at least 1 and the split sizes non-negative")
+    if max_side is not None and max_side < 32:
+        raise CleanDiftError(f"--max-side {max_side} is too small: use 32 or more")
     with Progress() as progress:
         task = progress.add_task("writing pairs", total=sum(counts.values()))
-        make_synthetic(out, counts, seed, lambda: progress.advance(task))
+        make_synthetic(out, counts, seed, lambda: progress.advance(task), max_side)
     summary = ", ".join(f"{split} {n}" for split, n in counts.items())
     click.echo(f"wrote {out} (SPair-71k layout; pairs: {summary})")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,27 @@ def load_photo(name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels[..., :3]).astype(np.uint8))
 
 
+def fit_photo(photo: Photo, image: Image.Image, max_side: int | None) -> tuple[Photo, Image.Image]:
+    """The photo shrunk so its longer side is at most `max_side` (small sets for quick runs)."""
+    if max_side is None or max(image.size) <= max_side:
+        return photo, image
+    factor = max_side / max(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    x1, y1, x2, y2 = (round(v * factor) for v in photo.subject)
+    resized = image.resize(size, Image.Resampling.LANCZOS)
+    return replace(photo, subject=(x1, y1, x2, y2)), resized
+
+
 def subject_keypoints(image: Image.Image, photo: Photo, rng: np.random.Generator) -> np.ndarray:
     """Up to `KEYPOINTS` well-spread corners inside the subject's box, (x, y) float."""
     from skimage.feature import corner_harris, corner_peaks
 
     grey = np.asarray(image.convert("L"), dtype=np.float64) / 255
     x1, y1, x2, y2 = photo.subject
-    peaks = corner_peaks(corner_harris(grey[y1:y2, x1:x2]), min_distance=12, threshold_rel=0.02)
+    spacing = max(3, round(max(image.size) / 50))
+    peaks = corner_peaks(
+        corner_harris(grey[y1:y2, x1:x2]), min_distance=spacing, threshold_rel=0.02
+    )
     points = peaks[:, ::-1].astype(np.float64) + np.array([x1, y1])
     if len(points) > KEYPOINTS:
         points = points[np.sort(rng.choice(len(points), KEYPOINTS, replace=False))]
@@ -82,16 +96,17 @@ def warped_box(matrix: np.ndarray, box: tuple[int, int, int, int], size: tuple[i
 class PhotoSet:
     """Writes the layout: photos, annotations per image, pair files per split."""
 
-    def __init__(self, out: Path, seed: int) -> None:
+    def __init__(self, out: Path, seed: int, max_side: int | None = None) -> None:
         self.out = Path(out)
-        self.seed = seed
-        self.images = [load_photo(photo.name) for photo in PHOTOS]
+        fitted = [fit_photo(photo, load_photo(photo.name), max_side) for photo in PHOTOS]
+        self.photos = [photo for photo, _ in fitted]
+        self.images = [image for _, image in fitted]
         rng = np.random.default_rng(seed)
         self.keypoints = [
             subject_keypoints(image, photo, rng)
-            for image, photo in zip(self.images, PHOTOS, strict=True)
+            for image, photo in zip(self.images, self.photos, strict=True)
         ]
-        for photo, image, points in zip(PHOTOS, self.images, self.keypoints, strict=True):
+        for photo, image, points in zip(self.photos, self.images, self.keypoints, strict=True):
             self._save_image(photo, photo.name, image, points, list(map(float, photo.subject)))
 
     def _save_image(
@@ -119,8 +134,8 @@ class PhotoSet:
 
     def write_pair(self, split: str, index: int, rng: np.random.Generator) -> None:
         """One photo, a random warp of it, and the pair file with the mapped keypoints."""
-        which = int(rng.integers(len(PHOTOS)))
-        photo, image, points = PHOTOS[which], self.images[which], self.keypoints[which]
+        which = int(rng.integers(len(self.photos)))
+        photo, image, points = self.photos[which], self.images[which], self.keypoints[which]
         for _ in range(20):
             warp = random_homography(image.size, rng)
             mapped = map_points(warp.matrix, points)
@@ -181,12 +196,14 @@ def make_synthetic(
     pairs: dict[str, int],
     seed: int = 0,
     advance: Callable[[], None] | None = None,
+    max_side: int | None = None,
 ) -> dict[str, int]:
-    """Write the set to `out`: `pairs[split]` pairs for each split; returns the counts."""
+    """Write the set to `out`: `pairs[split]` pairs for each split (photos at most `max_side`
+    pixels on their longer side when given); returns the counts."""
     unknown = set(pairs) - set(SPLITS)
     if unknown:
         raise CleanDiftError(f"unknown split {', '.join(sorted(unknown))}: use {SPLITS}")
-    photoset = PhotoSet(out, seed)
+    photoset = PhotoSet(out, seed, max_side)
     for offset, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, offset])
         for index in range(pairs.get(split, 0)):
