@@ -121,3 +121,6 @@ def test_cli_export_dinov2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert manifest.agreement["failures"] == []
     assert run_cli([*args, "--image-size", "56", "64", "--force"]) == 2
     assert "not a multiple of 14" in capsys.readouterr().err
+    registers = ["export-dinov2", "--arch", "dinov2_tiny_reg", "--random-init", "-o", str(out)]
+    assert run_cli([*registers, "--force"]) == 2
+    assert "antialiased bicubic" in capsys.readouterr().err

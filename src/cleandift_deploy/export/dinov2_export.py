@@ -161,6 +161,12 @@ def export_dinov2(loaded: LoadedDino, out: Path, options: DinoExportOptions) -> 
     refuse_existing_artifact(out, options.force)
     plan = plan_dino_shapes(loaded.arch, options)
     module = DinoFeatures(loaded, options.layer).eval()
+    if module.skip > 1:
+        raise CleanDiftError(
+            f"{loaded.arch} resizes its position embeddings with antialiased bicubic "
+            "interpolation, which the ONNX exporter cannot express: export the variant without "
+            "registers, or run this one with the PyTorch backend"
+        )
     started = time.perf_counter()
     with staging_folder(out) as folder:
         sample = torch.randint(

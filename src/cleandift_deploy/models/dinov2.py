@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import CleanDiftError
 from .checkpoints import load_strict, read_folder_weights, read_safetensors, sha256_of, weight_files
+from .shapes import check_multiple
 
 PATCH = 14
 DINO_TAP = "dino"
@@ -220,8 +221,6 @@ def resolve_dino(
 
 def check_dino_size(height: int, width: int) -> None:
     """Fail with the nearest valid sizes when a side is not a positive multiple of 14."""
-    from .shapes import check_multiple
-
     check_multiple("image", height, width, PATCH)
 
 
@@ -232,6 +231,8 @@ class DinoFeatures(nn.Module):
     are a one-tuple in the order of `taps`, like the UNet's export module.
     """
 
+    taps: tuple[str, ...] = (DINO_TAP,)
+    input_names: list[str] = ["image"]  # noqa: RUF012 - read-only, the graph's input names
     mean: torch.Tensor
     std: torch.Tensor
 
@@ -248,11 +249,10 @@ class DinoFeatures(nn.Module):
         self.blocks = nn.ModuleList(list(model.encoder.layer)[: self.layer + 1])
         self.skip = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
         self.channels = int(model.config.hidden_size)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
-
-    taps: tuple[str, ...] = (DINO_TAP,)
-    input_names: list[str] = ["image"]  # noqa: RUF012 - read-only, the graph's input names
+        scale = torch.full((1, 3, 1, 1), 255.0)
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self.register_buffer("mean", mean.view(1, 3, 1, 1) * scale, persistent=False)
+        self.register_buffer("std", std.view(1, 3, 1, 1) * scale, persistent=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor]:
         """Token grid of a uint8 (or 0..255 float) image batch whose sides are multiples of 14."""
