@@ -113,6 +113,11 @@ def build(options: MethodOptions) -> Method:
     """The artifact path (`--model`) or the PyTorch path (`--checkpoint`)."""
     if options.model is None:
         return TorchHyperfeatures(options)
+    if options.backend.startswith("torch"):
+        raise CleanDiftError(
+            "a hyperfeature artifact has no rebuilt PyTorch reference: run it in onnxruntime / "
+            "tensorrt, or give --checkpoint aggregator.safetensors (without --model) for PyTorch"
+        )
     from ..eval.features import FeaturesMethod
 
     method = FeaturesMethod(replace(options, tap=options.tap or OUTPUT))
