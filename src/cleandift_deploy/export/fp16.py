@@ -115,12 +115,13 @@ def _to_half(tensor: TensorProto, name: str) -> TensorProto:
     return numpy_helper.from_array(_half_values(tensor), name)
 
 
-def _halve_in_place(tensor: TensorProto) -> None:
-    """Replace an fp32 initializer's data by its fp16 values (the fp32 bytes are freed)."""
-    half = _half_values(tensor)
-    del tensor.float_data[:]
-    tensor.raw_data = half.tobytes()
-    tensor.data_type = HALF
+def _add_initializer(graph: onnx.GraphProto, name: str, values: np.ndarray) -> None:
+    """Write `values` as a new initializer straight into `graph` (one copy of the bytes)."""
+    tensor = graph.initializer.add()
+    tensor.name = name
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
+    tensor.dims.extend(values.shape)
+    tensor.raw_data = values.tobytes()
 
 
 def _data_inputs(node: onnx.NodeProto) -> list[str]:
@@ -140,6 +141,7 @@ class _Rewriter:
         self.now = {n: t for n, t in self.types.items() if t in FLOAT_TYPES and n in sources}
         self.initializers = {t.name: t for t in graph.initializer}
         self.half_initializers: dict[str, TensorProto] = {}
+        self.halved: set[str] = set()
         self.casts: dict[tuple[str, int], str] = {}
         self.nodes: list[onnx.NodeProto] = []
 
@@ -163,9 +165,9 @@ class _Rewriter:
         return self.cast(name, to)
 
     def halve_fp16_only_initializers(self, model: onnx.ModelProto, targets: dict[str, int]) -> None:
-        """Convert in place the fp32 initializers that only fp16 nodes read, so the pass never
-        holds their fp32 and fp16 copies at once (the full SD2.1 UNet: 3 GB less at the peak).
-        Initializers with any other reader keep fp32 and get an fp16 copy where needed."""
+        """Mark the fp32 initializers that only fp16 nodes read as fp16 under their own name
+        (converted when the result is built); initializers with any other reader keep fp32 and
+        get an fp16 copy where needed."""
         readers: dict[str, set[int]] = {}
         for node in model.graph.node:
             data = set(_data_inputs(node))
@@ -176,7 +178,7 @@ class _Rewriter:
         outputs = {o.name for o in model.graph.output}
         for name, wanted in readers.items():
             if wanted == {HALF} and self.now.get(name) == FLOAT and name not in outputs:
-                _halve_in_place(self.initializers[name])
+                self.halved.add(name)
                 self.now[name] = self.types[name] = HALF
 
     def visit(self, node: onnx.NodeProto, target: int) -> None:
@@ -230,9 +232,10 @@ def _restore_output_types(rewriter: _Rewriter, model: onnx.ModelProto) -> None:
 def to_mixed_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> onnx.ModelProto:
     """The fp16 version of a shape-inferred fp32 graph, with fp32 islands where unsafe.
 
-    The model is changed in place: initializers only fp16 nodes read become fp16 where they are,
-    so the weights are never held in both precisions. The result carries no intermediate types
-    (they changed); the saved file's full check infers them again.
+    `model` is consumed (left without weights): initializers that only fp16 nodes read become fp16
+    under their own name, written once into the returned model, so the pass holds the fp32 graph
+    plus the fp16 weights, not two more copies. The result carries no intermediate types (they
+    changed); the saved file's full check infers them again.
     """
     name_nodes(model)
     keep_fp32 = fp32_nodes(model, keep)
@@ -252,9 +255,29 @@ def to_mixed_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> onnx.Mode
     graph = model.graph
     del graph.node[:]
     graph.node.extend(rewriter.nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + list(rewriter.half_initializers.values()))
     del graph.value_info[:]
-    return model
+    return _with_weights(model, rewriter)
+
+
+def _with_weights(model: onnx.ModelProto, rewriter: _Rewriter) -> onnx.ModelProto:
+    """A new model: `model`'s rewritten graph with the initializers its nodes read, converted as
+    the pass decided, each written once into the new model. `model` is left without weights.
+
+    Protobuf (upb) frees a message's bytes only with the whole model, so converting tensors in
+    place, or moving them between lists (which copies), would hold both precisions at once.
+    """
+    weights = list(model.graph.initializer)
+    del model.graph.initializer[:]
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    used = {name for node in result.graph.node for name in node.input}
+    for tensor in weights:
+        if tensor.name not in used:
+            continue
+        if tensor.name in rewriter.halved:
+            _add_initializer(result.graph, tensor.name, _half_values(tensor))
+        else:
+            result.graph.initializer.add().CopyFrom(tensor)
+    for tensor in rewriter.half_initializers.values():
+        result.graph.initializer.add().CopyFrom(tensor)
+    return result
