@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -37,6 +38,7 @@ REFERENCE_STEPS, REFERENCE_CROPS, CORNERS = 129, 20, 4
 CASES: dict[str, dict[str, Any]] = {
     "tiny": {"arch": "tiny", "size": 64, "keypoints": 10, "inits": 5, "steps": 4, "crops": 6},
     "sd15": {"arch": "sd15", "size": 128, "keypoints": 10, "inits": 2, "steps": 2, "crops": 5},
+    "sd15-512": {"arch": "sd15", "size": 512, "keypoints": 2, "inits": 1, "steps": 1, "crops": 5},
 }
 
 
@@ -190,11 +192,24 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu_name() -> str:
+    """ "AMD EPYC (avx512_bf16, no amx)"-style: the model name and the flags that matter here."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    flags = set(next((ln for ln in info.splitlines() if ln.startswith("flags")), "").split())
+    bf16 = "avx512_bf16" if "avx512_bf16" in flags else "no avx512_bf16"
+    amx = "amx" if "amx_tile" in flags else "no amx"
+    return f"{name or platform.machine()} ({bf16}, {amx}, {len(os.sched_getaffinity(0))} cores)"
+
+
 def main() -> None:
-    """Run every case (or `--cases`) in both modes; write results/hedlin.{json,md}."""
+    """Run every case (or `--cases`) in both modes; merge into results/hedlin.{json,md}."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", nargs=2, metavar=("CASE", "MODE"))
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default="tiny,sd15", help=f"of {', '.join(CASES)}")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.child:
@@ -204,11 +219,9 @@ def main() -> None:
 
     from cleandift_deploy.atomic import write_text_atomic
 
-    results: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": args.threads,
-        "cases": {},
-    }
+    path = RESULTS / f"{NAME}.json"
+    earlier = json.loads(path.read_text())["cases"] if path.is_file() else {}
+    results: dict[str, Any] = {"cpu": _cpu_name(), "threads": args.threads, "cases": earlier}
     names = args.cases.split(",")
     for name in track(names, description="hedlin cases"):
         loop = _run_case(name, "loop", args.threads)
