@@ -124,3 +124,11 @@ def test_multi_step_and_foreign_unet_are_refused(tiny, tmp_path: Path) -> None:
     other = AggregatorInfo(**{**_info(tiny).__dict__, "checkpoint_sha256": "0" * 64})
     with pytest.raises(CleanDiftError, match="trained on UNet 000000000000"):
         hyperfeature_spec(tiny, AggregationNetwork(other.channels, 1), other, ExportOptions())
+
+
+def test_torch_backend_on_the_artifact_points_to_the_checkpoint(artifacts: dict[str, Path]) -> None:
+    from cleandift_deploy.eval.methods import MethodOptions, build_method
+
+    options = MethodOptions(model=artifacts["fp32"], backend="torch")
+    with pytest.raises(CleanDiftError, match="give --checkpoint"):
+        build_method("hyperfeatures", options)
