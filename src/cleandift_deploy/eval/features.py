@@ -212,20 +212,33 @@ class FeaturesMethod:
 
     def predict(self, sample: PairSample) -> np.ndarray:
         """[K,2] predicted (x, y) in the target's original pixels."""
-        from ..kernels.query import match_prepared, source_vectors
-
         if len(sample.source_points) == 0:
             return np.zeros((0, 2))
         field, target = self._target(sample)
         source = self.grid(sample.source_path, sample.category)
-        points = torch.from_numpy(source.to_grid(sample.source_points))
-        with torch.inference_mode():
-            queries = source_vectors(source.features, points, source.size, "bilinear")
-            matches = match_prepared(
-                field, queries, target.size, mode=self.options.mode, radius=self.radius,
-                beta=self.beta,
-            )  # fmt: skip
-        return target.from_grid(matches.points.double().numpy())
+        return match_into(
+            field, target, source, sample.source_points, self.options.mode, self.radius, self.beta
+        )
+
+
+def match_into(
+    field: TargetField,
+    target: MatchGrid,
+    source: MatchGrid,
+    points: np.ndarray,
+    mode: str = "nn",
+    radius: int = 5,
+    beta: float = 0.02,
+) -> np.ndarray:
+    """Source points (original pixels) matched into a target prepared once by
+    `prepare_target(target.features, target.size, "bilinear")`; [K,2] original target pixels."""
+    from ..kernels.query import match_prepared, source_vectors
+
+    on_grid = torch.from_numpy(source.to_grid(np.asarray(points, dtype=np.float64)))
+    with torch.inference_mode():
+        queries = source_vectors(source.features, on_grid, source.size, "bilinear")
+        matches = match_prepared(field, queries, target.size, mode=mode, radius=radius, beta=beta)
+    return target.from_grid(matches.points.double().numpy())
 
 
 register_method("features", FeaturesMethod)

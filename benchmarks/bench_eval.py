@@ -1,0 +1,194 @@
+"""Matching an SPair-sized evaluation from cached features: the evaluator vs DIFT's procedure.
+
+A synthetic set with SPair-71k's test size: 12,234 pairs over 18 categories of 100 images each
+(1,800 images, 500x375), 1 to 20 keypoints per pair, SD2.1 us6 maps [1280, 48, 48] (768 px
+input). The features are random (seeded), held in memory as the feature cache would hand them
+over (a pool of distinct maps, image i using map i mod pool, to keep memory bounded).
+
+- `eval`: what `eval pck` does -- pairs grouped by target, the target field prepared once per
+  target (`prepare_target`), every pair matched with `match_into` (exact bilinear upsampling, nn);
+- `dift`: DIFT's procedure per pair -- upsample both maps to the original size (bilinear),
+  L2-normalise every pixel, take the source pixel nearest each point, argmax over the target --
+  on a subset of pairs (it needs ~2 GB per pair and seconds each).
+
+Both run in this process one after the other; the ratio is per pair, and every prediction of the
+subset must be identical. Results: benchmarks/results/eval_matching.{json,md}.
+
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py
+    .venv/bin/python benchmarks/bench_eval.py --quick     # small smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+
+from cleandift_deploy.eval.features import match_into
+from cleandift_deploy.eval.grid import MatchGrid
+from cleandift_deploy.kernels.target_field import prepare_target
+
+RESULTS = Path(__file__).parent / "results"
+NAME = "eval_matching"
+IMAGE = (375, 500)  # (H, W)
+MAP = (1280, 48, 48)
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: int
+    target: int
+    points: np.ndarray
+
+
+def make_pairs(pairs: int, categories: int, per_category: int, seed: int) -> list[Pair]:
+    """Pairs of distinct images of one category, 1..20 uniform random points in the source."""
+    rng = np.random.default_rng(seed)
+    made = []
+    for index in range(pairs):
+        category = index % categories
+        source, target = rng.choice(per_category, 2, replace=False) + category * per_category
+        count = int(rng.integers(1, 21))
+        points = rng.uniform([0, 0], [IMAGE[1] - 1, IMAGE[0] - 1], size=(count, 2))
+        made.append(Pair(int(source), int(target), points))
+    return made
+
+
+def feature_pool(size: int, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(*MAP, generator=generator) for _ in range(size)]
+
+
+def grid_of(pool: list[torch.Tensor], image: int) -> MatchGrid:
+    """An image's cached map on its matching grid ("squash": the original image)."""
+    return MatchGrid(pool[image % len(pool)], IMAGE, IMAGE, None)
+
+
+def run_eval(pairs: list[Pair], pool: list[torch.Tensor]) -> tuple[float, dict[int, np.ndarray]]:
+    """Seconds to match every pair the evaluator's way, and the predictions by pair index."""
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].target, i))
+    predictions: dict[int, np.ndarray] = {}
+    started = time.perf_counter()
+    current, field = -1, None
+    for index in track(order, description="eval: matching all pairs"):
+        pair = pairs[index]
+        target = grid_of(pool, pair.target)
+        if pair.target != current:
+            field = prepare_target(target.features, target.size, "bilinear")
+            current = pair.target
+        assert field is not None
+        source = grid_of(pool, pair.source)
+        predictions[index] = match_into(field, target, source, pair.points)
+    return time.perf_counter() - started, predictions
+
+
+@torch.inference_mode()
+def dift_match(source: torch.Tensor, target: torch.Tensor, points: np.ndarray) -> np.ndarray:
+    """DIFT's procedure: upsample both maps to the image size, normalise, argmax per point."""
+    height, width = IMAGE
+    src = F.normalize(F.interpolate(source[None], size=IMAGE, mode="bilinear")[0], dim=0)
+    tgt = F.normalize(F.interpolate(target[None], size=IMAGE, mode="bilinear")[0], dim=0)
+    ys = np.floor(points[:, 1] + 0.5).astype(int).clip(0, height - 1)
+    xs = np.floor(points[:, 0] + 0.5).astype(int).clip(0, width - 1)
+    queries = src[:, ys, xs].T
+    index = (queries @ tgt.reshape(tgt.shape[0], -1)).argmax(dim=1).numpy()
+    return np.stack([index % width, index // width], axis=1).astype(np.float64)
+
+
+def run_dift(
+    pairs: list[Pair], subset: list[int], pool: list[torch.Tensor]
+) -> tuple[list[float], dict[int, np.ndarray]]:
+    seconds, predictions = [], {}
+    for index in track(subset, description="dift: subset"):
+        pair = pairs[index]
+        started = time.perf_counter()
+        predictions[index] = dift_match(
+            pool[pair.source % len(pool)], pool[pair.target % len(pool)], pair.points
+        )
+        seconds.append(time.perf_counter() - started)
+    return seconds, predictions
+
+
+def markdown(result: dict) -> str:
+    e, d = result["eval"], result["dift"]
+    return "\n".join(
+        [
+            f"# Matching an SPair-sized evaluation from cached features ({result['cpu']})",
+            "",
+            f"{result['pairs']} pairs, {result['points']} points, {result['images']} images "
+            f"{IMAGE[1]}x{IMAGE[0]}, maps {list(MAP)}, {result['threads']} torch threads.",
+            "",
+            "| procedure | pairs timed | seconds | ms / pair | all pairs (s) |",
+            "|---|---:|---:|---:|---:|",
+            f"| eval (field per target, exact bilinear nn) | {e['pairs']} | {e['seconds']:.1f} | "
+            f"{e['ms_per_pair']:.1f} | {e['seconds']:.1f} |",
+            f"| DIFT (upsample both, normalise, argmax) | {d['pairs']} | {d['seconds']:.1f} | "
+            f"{d['ms_per_pair']:.1f} | {d['all_pairs_estimate_s']:.0f} (estimate) |",
+            "",
+            f"Speed-up per pair: **{result['speedup']:.1f}x**; predictions identical on the "
+            f"DIFT subset: **{result['identical']}** ({result['compared_points']} points).",
+            "",
+            "Command: `flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py"
+            + (" --quick`" if result["quick"] else "`"),
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="300 pairs, 5 DIFT pairs")
+    parser.add_argument("--dift-pairs", type=int, default=40)
+    parser.add_argument("--pool", type=int, default=48, help="distinct cached maps")
+    args = parser.parse_args()
+    total, dift_pairs = (300, 5) if args.quick else (12234, args.dift_pairs)
+    pairs = make_pairs(total, 18, 100, SEED)
+    pool = feature_pool(args.pool, SEED)
+    subset = sorted(np.random.default_rng(1).choice(total, dift_pairs, replace=False).tolist())
+    eval_seconds, ours = run_eval(pairs, pool)
+    dift_seconds, theirs = run_dift(pairs, subset, pool)
+    identical = all(np.array_equal(ours[i], theirs[i]) for i in subset)
+    dift_per_pair = statistics.median(dift_seconds)
+    eval_per_pair = eval_seconds / total
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "pairs": total,
+        "points": int(sum(len(p.points) for p in pairs)),
+        "images": len({p.source for p in pairs} | {p.target for p in pairs}),
+        "targets": len({p.target for p in pairs}),
+        "eval": {
+            "pairs": total,
+            "seconds": eval_seconds,
+            "ms_per_pair": 1000 * eval_per_pair,
+        },
+        "dift": {
+            "pairs": dift_pairs,
+            "seconds": sum(dift_seconds),
+            "ms_per_pair": 1000 * dift_per_pair,
+            "all_pairs_estimate_s": dift_per_pair * total,
+        },
+        "speedup": dift_per_pair / eval_per_pair,
+        "identical": identical,
+        "compared_points": int(sum(len(pairs[i].points) for i in subset)),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    (RESULTS / f"{NAME}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{NAME}{suffix}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
