@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -180,18 +181,19 @@ def write(results: dict[str, Any]) -> None:
     lines = [
         "# Diffusion Hyperfeatures on the CPU",
         "",
-        f"Machine: {results['machine']}; torch threads {results['threads']}. Command: "
+        f"Machine: {results['machine']}, shared with other jobs. Command: "
         "`flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_hyperfeatures.py "
-        f"--arch {' '.join(results['archs'])}`. Random weights.",
+        "--arch ARCH` (one run per architecture). Random weights.",
         "",
         "## Training steps per second (one-step variant, one pair per step)",
         "",
-        "| arch | px | cached (s/step) | UNet in the loop (s/step) | speed-up | cache fill |",
-        "|---|---|---|---|---|---|",
+        "| arch | px | threads | cached (s/step) | UNet in the loop (s/step) | speed-up "
+        "| cache fill |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results["training"]:
         lines.append(
-            f"| {r['arch']} | {r['image_size']} | {r['cached_step_s']:.3f} "
+            f"| {r['arch']} | {r['image_size']} | {r['threads']} | {r['cached_step_s']:.3f} "
             f"({r['cached_steps_per_s']:.2f}/s) | {r['unet_in_loop_step_s']:.3f} "
             f"({r['unet_in_loop_steps_per_s']:.3f}/s) | {r['speedup']:.1f}x | "
             f"{r['cache_fill_s']:.1f} s for {r['cache_fill_images']} images |"
@@ -200,16 +202,42 @@ def write(results: dict[str, Any]) -> None:
         "",
         "## Exported one-step graph (fp32, batch 1) vs PyTorch eager",
         "",
-        "| arch | px | output | export | PyTorch | ONNX Runtime | speed-up | min cosine |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arch | px | threads | output | export | PyTorch | ONNX Runtime | speed-up "
+        "| min cosine |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["export"]:
         lines.append(
-            f"| {r['arch']} | {r['image_size']} | {'x'.join(map(str, r['output']))} | "
+            f"| {r['arch']} | {r['image_size']} | {r['threads']} | "
+            f"{'x'.join(map(str, r['output']))} | "
             f"{r['export_s']:.0f} s, {r['onnx_mb']:.0f} MB | {r['torch_s']:.3f} s | "
             f"{r['onnxruntime_s']:.3f} s | {r['speedup']:.2f}x | {r['cosine_min']:.7f} |"
         )
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+
+
+def machine() -> str:
+    """CPU model, bf16/AMX support and core count, e.g. "AMD EPYC, AVX512_BF16, no AMX, 2 cores"."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
+    flags = set(info.split())
+    parts = [names[0] if names else platform.machine()]
+    parts.append("AVX512_BF16" if "avx512_bf16" in flags else "no AVX512_BF16")
+    parts.append("AMX" if "amx_bf16" in flags else "no AMX")
+    return ", ".join([*parts, f"{os.cpu_count()} cores"])
+
+
+def previous(archs: list[str]) -> dict[str, Any]:
+    """Earlier results of other architectures (each run replaces its own), so a light run and a
+    heavy one can be made at different times."""
+    path = RESULTS / f"{NAME}.json"
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    kept = {
+        part: [r for r in found.get(part, []) if r["arch"] not in archs]
+        for part in ("training", "export")
+    }
+    done = [a for a in found.get("archs", []) if a not in archs]
+    return {**kept, "archs": done + archs}
 
 
 def main() -> None:
@@ -220,22 +248,20 @@ def main() -> None:
     parser.add_argument("--loop-steps", type=int, default=6, help="UNet-in-the-loop steps.")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's).")
     args = parser.parse_args()
-    machine = f"{platform.processor() or platform.machine()}, {platform.system()}"
-    results: dict[str, Any] = {
-        "machine": machine,
-        "threads": torch.get_num_threads(),
-        "archs": args.arch,
-        "training": [],
-        "export": [],
-    }
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = previous(args.arch)
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         work = Path(folder)
         for arch in args.arch:
             loop = args.loop_steps if arch != "tiny" else args.steps
-            results["training"].append(bench_training(arch, args.steps, loop, work))
+            threads = {"threads": torch.get_num_threads()}
+            results["training"].append({**bench_training(arch, args.steps, loop, work), **threads})
             print(json.dumps(results["training"][-1]), flush=True)
-            results["export"].append(bench_export(arch, args.repeats, work))
+            results["export"].append({**bench_export(arch, args.repeats, work), **threads})
             print(json.dumps(results["export"][-1]), flush=True)
             write(results)
 
