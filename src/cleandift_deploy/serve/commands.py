@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,12 @@ def _replica_device(artifact: Path, backend: str, device: str | None) -> str:
     return device or default_device(name)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve_until_interrupted(url: str) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     click.echo(f"serving at {url} (POST /features, POST /match, GET /readyz); Ctrl-C to stop")
     try:
         while True:

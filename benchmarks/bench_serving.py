@@ -1,0 +1,429 @@
+"""Load test of `cleandift-deploy serve` and scaling of `extract --ray`, in one run.
+
+1. A tiny artifact (random weights, us6, dynamic batch 1..8) is exported; `cleandift-deploy serve`
+   is started as a user would (one replica, local Ray) with --max-batch 1 and then 8.
+2. An asyncio HTTP client (aiohttp) sweeps client concurrency 1, 2, 4, 8, 16: p50 / p99 latency
+   of `POST /features` and images/s per level. Images are PNGs of several sizes.
+3. Serving overhead: p50 at concurrency 1 (max-batch 1) against a direct `FeatureExtractor` call
+   on the same decoded image, with the server's thread count.
+4. Fault run (max-batch 8, concurrency 8): 10% of the requests are corrupt or oversized; every
+   good request must succeed with the features of a direct call.
+5. Ray Data: plain `extract` vs `extract --ray` with 1 and 2 workers on a folder, outputs compared
+   byte for byte.
+
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_serving.py --workdir /tmp/bench
+
+Writes benchmarks/results/serving.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+
+from cleandift_deploy.export.exporter import export_onnx
+from cleandift_deploy.export.options import ExportOptions
+from cleandift_deploy.models import random_unet
+from cleandift_deploy.runtime.extract_files import extract_files, plan_jobs
+from cleandift_deploy.runtime.extractor import FeatureExtractor
+from cleandift_deploy.serve.inputs import Limits, decode_image
+from cleandift_deploy.serve.ray_extract import ModelSpec, RayOptions, ray_extract_files
+from cleandift_deploy.serve.ray_session import ray_session
+
+RESULTS = Path(__file__).parent / "results"
+NAME = "serving"
+CLI = Path(sys.executable).parent / "cleandift-deploy"
+READY_TIMEOUT_S = 300.0
+CPU = "AMD EPYC, AVX512_BF16, no AMX, 2 cores"
+
+
+def export_tiny(out: Path, size: int) -> Path:
+    """The tiny architecture, random weights, us6, batch 1..8 at a static size."""
+    if not out.exists():
+        options = ExportOptions(
+            taps=("us6",), batch=(1, 4, 8), image_size=(size, size), check_agreement=False
+        )
+        export_onnx(random_unet("tiny", seed=1), out, options)
+    return out
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def random_photos(count: int, seed: int, low: int, high: int) -> list[np.ndarray]:
+    """Smooth random colour fields plus noise, of random sizes between low and high pixels."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(count):
+        height, width = (int(v) for v in rng.integers(low, high + 1, 2))
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        smooth = np.asarray(
+            Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        )
+        noise = rng.integers(-12, 13, smooth.shape)
+        photos.append(np.clip(smooth.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    return photos
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def server(artifact: Path, max_batch: int, log: Path, extra: list[str]) -> Any:
+    """`cleandift-deploy serve` in a subprocess until it is ready; Ctrl-C (SIGINT) at the end."""
+    port = free_port()
+    command = [str(CLI), "serve", str(artifact), "--port", str(port), "--max-batch", str(max_batch)]
+    with log.open("w") as sink:
+        process = subprocess.Popen([*command, *extra], stdout=sink, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            started = time.monotonic()
+            wait_ready(url, process, started + READY_TIMEOUT_S)
+            yield url, time.monotonic() - started
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the server did not become ready in time")
+
+
+async def one_request(
+    session: aiohttp.ClientSession, url: str, body: bytes
+) -> tuple[int, float, bytes, int]:
+    started = time.perf_counter()
+    async with session.post(
+        f"{url}/features", data=body, headers={"Content-Type": "image/png"}
+    ) as answer:
+        data = await answer.read()
+        batch = int(answer.headers.get("X-Batch-Size", "0"))
+        return answer.status, time.perf_counter() - started, data, batch
+
+
+async def drive(
+    url: str, bodies: list[bytes], concurrency: int
+) -> tuple[float, list[tuple[int, float, bytes, int]]]:
+    """Send every body once with `concurrency` requests in flight; (wall seconds, answers)."""
+    answers: list[tuple[int, float, bytes, int]] = [(0, 0.0, b"", 0)] * len(bodies)
+    queue = list(range(len(bodies)))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while queue:
+            index = queue.pop()
+            answers[index] = await one_request(session, url, bodies[index])
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        return time.perf_counter() - started, answers
+
+
+def level_figures(wall: float, answers: list[tuple[int, float, bytes, int]]) -> dict[str, Any]:
+    latencies = sorted(seconds for status, seconds, _, _ in answers if status == 200)
+    batches = [batch for status, _, _, batch in answers if status == 200]
+    return {
+        "requests": len(answers),
+        "ok": len(latencies),
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "images_per_s": len(latencies) / wall,
+        "mean_batch": statistics.mean(batches) if batches else 0.0,
+    }
+
+
+def sweep(url: str, bodies: list[bytes], levels: list[int], per_level: int) -> dict[str, Any]:
+    asyncio.run(drive(url, bodies[:8], 4))  # warm-up: connections, batch shapes
+    results = {}
+    for concurrency in levels:
+        count = max(per_level, 4 * concurrency)
+        load = [bodies[i % len(bodies)] for i in range(count)]
+        wall, answers = asyncio.run(drive(url, load, concurrency))
+        results[str(concurrency)] = level_figures(wall, answers)
+        print(f"  concurrency {concurrency}: {results[str(concurrency)]}", flush=True)
+    return results
+
+
+def direct_baseline(artifact: Path, bodies: list[bytes], threads: int, repeats: int) -> dict:
+    """Median seconds of a direct call on one image: extract only, and decode + extract."""
+    extractor = FeatureExtractor.load(artifact, backend="onnxruntime", threads=threads)
+    images = [decode_image(body, Limits()) for body in bodies]
+    extractor([images[0]])
+    extract_s, decode_extract_s = [], []
+    for index in range(repeats):
+        body, image = bodies[index % len(bodies)], images[index % len(images)]
+        started = time.perf_counter()
+        extractor([image])
+        extract_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        extractor([decode_image(body, Limits())])
+        decode_extract_s.append(time.perf_counter() - started)
+    return {
+        "extract_p50_ms": 1000 * statistics.median(extract_s),
+        "decode_extract_p50_ms": 1000 * statistics.median(decode_extract_s),
+    }
+
+
+def fault_run(
+    url: str, bodies: list[bytes], reference: list[torch.Tensor], total: int, concurrency: int
+) -> dict[str, Any]:
+    """Every 10th request corrupt (alternately truncated PNG and a body over the size limit)."""
+    rng = np.random.default_rng(5)
+    load: list[bytes] = []
+    expected: list[int | None] = []
+    for index in range(total):
+        if index % 10 == 9:
+            bad = bodies[0][: len(bodies[0]) // 3] if index % 20 == 9 else rng.bytes(1_200_000)
+            load.append(bad)
+            expected.append(None)
+        else:
+            load.append(bodies[index % len(bodies)])
+            expected.append(index % len(bodies))
+    wall, answers = asyncio.run(drive(url, load, concurrency))
+    bad_status: dict[str, int] = {}
+    good_failed, worst_abs, worst_cos = 0, 0.0, 1.0
+    for (status, _, data, _), want in zip(answers, expected, strict=True):
+        if want is None:
+            bad_status[str(status)] = bad_status.get(str(status), 0) + 1
+            continue
+        if status != 200:
+            good_failed += 1
+            continue
+        got = load_safetensors(data)["us6"]
+        ref = reference[want]
+        worst_abs = max(worst_abs, float((got - ref).abs().max()))
+        cosine = torch.nn.functional.cosine_similarity(got.double(), ref.double(), dim=0)
+        worst_cos = min(worst_cos, float(cosine.min()))
+    return {
+        "requests": total,
+        "bad_requests": sum(bad_status.values()),
+        "bad_request_statuses": bad_status,
+        "good_failed": good_failed,
+        "good_max_abs_vs_direct": worst_abs,
+        "good_min_cosine_vs_direct": worst_cos,
+        "wall_s": wall,
+    }
+
+
+def ray_data_scaling(workdir: Path, images: int, size: int) -> dict[str, Any]:
+    """Plain extract vs extract --ray with 1 and 2 workers; outputs compared byte for byte."""
+    artifact = export_tiny(workdir / f"tiny{size}.onnx", size)
+    folder = workdir / "ray_photos"
+    folder.mkdir(exist_ok=True)
+    for index, rgb in enumerate(random_photos(images, 11, size // 2, size * 2)):
+        Image.fromarray(rgb).save(folder / f"{index:04d}.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    outputs, seconds = {}, {}
+    extractor = FeatureExtractor.load(artifact, backend="onnxruntime")
+    out = workdir / "out_plain"
+    started = time.perf_counter()
+    extract_files(extractor, plan_jobs([folder], out), overwrite=True, show_progress=False)
+    seconds["plain"] = time.perf_counter() - started
+    outputs["plain"] = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
+    with ray_session(None, 2):
+        for workers in (1, 2):
+            out = workdir / f"out_ray{workers}"
+            jobs = plan_jobs([folder], out)
+            started = time.perf_counter()
+            report = ray_extract_files(
+                ModelSpec(str(artifact)),
+                jobs,
+                RayOptions(None, workers),
+                overwrite=True,
+                show_progress=False,
+            )
+            seconds[f"ray_{workers}"] = time.perf_counter() - started
+            assert len(report.failed) == 1
+            outputs[f"ray_{workers}"] = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
+    return {
+        "images": images,
+        "image_size": size,
+        "seconds": seconds,
+        "images_per_s": {k: images / v for k, v in seconds.items()},
+        "speedup_2_vs_1_workers": seconds["ray_1"] / seconds["ray_2"],
+        "byte_identical_to_plain": {k: outputs[k] == outputs["plain"] for k in ("ray_1", "ray_2")},
+    }
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    mb1, mb8 = results["max_batch_1"]["levels"], results["max_batch_8"]["levels"]
+    direct = results["direct"]["extract_p50_ms"]
+    served = mb1["1"]["p50_ms"]
+    allowed = max(0.15 * direct, 10.0)
+    ratio = mb8["8"]["images_per_s"] / mb1["8"]["images_per_s"]
+    return {
+        "overhead_ms": served - direct,
+        "overhead_allowed_ms": allowed,
+        "overhead_met": served - direct <= allowed,
+        "batching_ratio_c8": ratio,
+        "batching_met": ratio >= 1.5,
+        "fault_zero_failed_good": results["fault"]["good_failed"] == 0,
+        "ray_data_byte_identical": all(results["ray_data"]["byte_identical_to_plain"].values()),
+    }
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    mb1, mb8 = results["max_batch_1"]["levels"], results["max_batch_8"]["levels"]
+    t, fault, ray = results["targets"], results["fault"], results["ray_data"]
+    lines = [
+        f"# Serving load test ({results['cpu']}; tiny model, random weights, us6, "
+        f"{results['image_size']}x{results['image_size']} input, one replica, local Ray)",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| concurrency | max-batch 1 p50 ms | p99 ms | images/s | max-batch 8 p50 ms | p99 ms "
+        "| images/s | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for level in mb1:
+        a, b = mb1[level], mb8[level]
+        lines.append(
+            f"| {level} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | {a['images_per_s']:.1f} | "
+            f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['images_per_s']:.1f} | "
+            f"{b['mean_batch']:.2f} |"
+        )
+    direct = results["direct"]
+    lines += [
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| serving overhead at concurrency 1 <= max(15%, 10 ms) | /features p50 "
+        f"{mb1['1']['p50_ms']:.1f} ms vs direct extract {direct['extract_p50_ms']:.1f} ms "
+        f"(decode + extract {direct['decode_extract_p50_ms']:.1f} ms): +{t['overhead_ms']:.1f} ms,"
+        f" allowed {t['overhead_allowed_ms']:.1f} ms | {'yes' if t['overhead_met'] else 'no'} |",
+        f"| images/s at concurrency 8, max-batch 8 >= 1.5x max-batch 1 | "
+        f"{t['batching_ratio_c8']:.2f}x | {'yes' if t['batching_met'] else 'no'} |",
+        f"| zero failed good requests in the fault run | {fault['good_failed']} failed of "
+        f"{fault['requests'] - fault['bad_requests']} good; {fault['bad_requests']} bad answered "
+        f"{fault['bad_request_statuses']}; good vs direct max abs "
+        f"{fault['good_max_abs_vs_direct']:.2e}, "
+        f"min cosine {fault['good_min_cosine_vs_direct']:.7f}"
+        f" | {'yes' if t['fault_zero_failed_good'] else 'no'} |",
+        f"| Ray Data outputs byte-identical to extract | {ray['byte_identical_to_plain']} | "
+        f"{'yes' if t['ray_data_byte_identical'] else 'no'} |",
+        "",
+        f"Ray Data, {ray['images']} images at {ray['image_size']} px (+1 corrupt), Ray already "
+        "running, actor start-up included: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in ray["seconds"].items())
+        + f"; 2 workers vs 1: {ray['speedup_2_vs_1_workers']:.2f}x.",
+        "",
+        f"Server start to ready (Ray start, deploy, load, warm-up): "
+        f"{results['max_batch_1']['ready_s']:.1f} s / {results['max_batch_8']['ready_s']:.1f} s.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("max_batch_1", "max-batch 1"), ("max_batch_8", "max-batch 8")):
+        levels = results[key]["levels"]
+        xs = [int(level) for level in levels]
+        left.plot(xs, [levels[k]["images_per_s"] for k in levels], marker="o", label=label)
+        right.plot(xs, [levels[k]["p99_ms"] for k in levels], marker="o", label=label)
+    for axis, title in ((left, "images/s"), (right, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("client concurrency")
+        axis.set_title(title)
+        axis.legend()
+    figure.suptitle(f"cleandift-deploy serve, tiny model ({results['cpu']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-serving"))
+    parser.add_argument("--levels", default="1,2,4,8,16")
+    parser.add_argument("--per-level", type=int, default=48)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--ray-images", type=int, default=96)
+    parser.add_argument("--ray-image-size", type=int, default=192)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    levels = [int(v) for v in args.levels.split(",")]
+    threads = os.cpu_count() or 1
+
+    artifact = export_tiny(args.workdir / "tiny.onnx", args.image_size)
+    photos = random_photos(16, 3, args.image_size // 2, args.image_size * 2)
+    bodies = [png(rgb) for rgb in photos]
+    results: dict[str, Any] = {
+        "cpu": CPU,
+        "machine": platform.processor() or platform.machine(),
+        "command": "flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_serving.py",
+        "image_size": args.image_size,
+        "threads": threads,
+        "batch_wait_ms": args.batch_wait_ms,
+    }
+    results["direct"] = direct_baseline(artifact, bodies, threads, repeats=40)
+    print("direct:", results["direct"], flush=True)
+    extractor = FeatureExtractor.load(artifact, backend="onnxruntime", threads=threads)
+    reference = [extractor([rgb])["us6"][0] for rgb in photos]
+    serve_args = ["--batch-wait-ms", str(args.batch_wait_ms), "--max-request-mb", "1"]
+    for max_batch in (1, 8):
+        log = args.workdir / f"server_mb{max_batch}.log"
+        with server(artifact, max_batch, log, serve_args) as (url, ready_s):
+            print(f"max-batch {max_batch}: ready in {ready_s:.1f} s", flush=True)
+            entry = {"ready_s": ready_s, "levels": sweep(url, bodies, levels, args.per_level)}
+            if max_batch == 8:
+                results["fault"] = fault_run(url, bodies, reference, 200, 8)
+                print("fault:", results["fault"], flush=True)
+            results[f"max_batch_{max_batch}"] = entry
+    results["ray_data"] = ray_data_scaling(args.workdir, args.ray_images, args.ray_image_size)
+    print("ray data:", results["ray_data"], flush=True)
+    results["targets"] = targets(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, RESULTS / f"{NAME}.md")
+    plot(results, RESULTS / f"{NAME}.png")
+    print((RESULTS / f"{NAME}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
