@@ -116,11 +116,10 @@ class OpenVINOModel:
             raise CleanDiftError(f"threads must be at least 1, got {threads}")
         self.core = ov.Core()
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.model = self.core.read_model(
-            str(intermediate_representation(self.core, Path(path), cache))
-        )
-        self.input_names = [port.get_any_name() for port in self.model.inputs]
-        self.output_names = [port.get_any_name() for port in self.model.outputs]
+        self.ir = intermediate_representation(self.core, Path(path), cache)
+        model = self.core.read_model(str(self.ir))
+        self.input_names = [port.get_any_name() for port in model.inputs]
+        self.output_names = [port.get_any_name() for port in model.outputs]
         self.config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
             "INFERENCE_NUM_THREADS": threads or physical_cores(),
@@ -133,13 +132,15 @@ class OpenVINOModel:
 
     def compiled_for(self, shapes: tuple[tuple[int, ...], ...]) -> ov.CompiledModel:
         """The model compiled for these input shapes (in `input_names` order), compiled on the
-        first request for them; one compile at a time, shared by every thread."""
+        first request for them; one compile at a time, shared by every thread. The IR is read
+        (mapped) for each compile and let go after it, so its weights do not stay resident
+        beside the compiled model's own copy."""
         compiled = self.compiled.get(shapes)
         if compiled is not None:
             return compiled
         with self._compile_lock:
             if shapes not in self.compiled:
-                static = self.model.clone()
+                static = self.core.read_model(str(self.ir))
                 static.reshape(dict(zip(self.input_names, shapes, strict=True)))
                 self.compiled[shapes] = self.core.compile_model(static, "CPU", self.config)
             return self.compiled[shapes]
