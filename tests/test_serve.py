@@ -296,3 +296,19 @@ def test_cli_refuses_a_missing_artifact_before_starting_ray(
     assert run_cli(["serve", str(tmp_path / "none.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_padded_images_match_in_original_pixels() -> None:
+    """A padded image covers only the top-left part of the canvas: points go there and back."""
+    from cleandift_deploy.runtime.preprocess import Placement
+    from cleandift_deploy.serve.matching import match_in_pixels
+
+    features = torch.randn(16, 8, 8)
+    placement = Placement(original=(30, 45), content=(43, 64))
+    points = [(6.0, 5.0), (20.0, 11.0), (37.0, 23.0)]  # interior: border pixels tie
+    side = (features, placement, (64, 64))
+    found, scores = match_in_pixels(side, side, points, "nn")
+    assert torch.allclose(scores, torch.ones(3), atol=1e-5)
+    assert (found - torch.tensor(points)).abs().max() <= 0.75, found
+    with pytest.raises(ValueError, match="outside the source image"):
+        match_in_pixels(side, side, [(50.0, 5.0)], "nn")
