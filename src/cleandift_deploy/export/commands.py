@@ -16,6 +16,7 @@ from .options import PRECISIONS, ExportOptions
 from .recipes import noise_options, with_recipe
 
 if TYPE_CHECKING:
+    from ..manifest import Manifest
     from .agreement import TapAgreement
 
 console = Console(stderr=True)
@@ -66,6 +67,17 @@ def agreement_table(title: str, agreement: dict[str, TapAgreement]) -> Table:
     return table
 
 
+def print_agreement(manifest: Manifest) -> None:
+    """The agreement an export measured (if any) as a table, and every threshold it missed."""
+    from .agreement import TapAgreement
+
+    if manifest.agreement:
+        taps_record = {t: TapAgreement(**v) for t, v in manifest.agreement["taps"].items()}
+        console.print(agreement_table("ONNX Runtime vs PyTorch fp32", taps_record))
+        for line in manifest.agreement["failures"]:
+            console.print(f"[red]below threshold[/red] {line}")
+
+
 @click.command()
 @model_source_options
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
@@ -114,7 +126,6 @@ def export(
     (options given explicitly win); `--noise-timestep T` exports noisy (DIFT-style) features.
     """
     from ..models.loading import resolve_source
-    from .agreement import TapAgreement
     from .exporter import export_onnx
 
     options = ExportOptions(
@@ -145,11 +156,7 @@ def export(
         f"folding, {len(build['fp32_keep_list'])} calibrated fp32 nodes, "
         f"external data: {build['external_data']}, {build['export_seconds']} s"
     )
-    if manifest.agreement:
-        taps_record = {t: TapAgreement(**v) for t, v in manifest.agreement["taps"].items()}
-        console.print(agreement_table("ONNX Runtime vs PyTorch fp32", taps_record))
-        for line in manifest.agreement["failures"]:
-            console.print(f"[red]below threshold[/red] {line}")
+    print_agreement(manifest)
 
 
 @click.command()

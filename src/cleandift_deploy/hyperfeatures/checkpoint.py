@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
@@ -46,6 +47,19 @@ class AggregatorInfo:
         return AggregationNetwork(self.channels, len(self.timesteps), self.projection_dim)
 
 
+def read_format(
+    path: Path, expected: str, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors (aligned copies) and metadata of one of our safetensors files, refusing others."""
+    try:
+        tensors, metadata = read_aligned(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CleanDiftError(f"cannot read {path} ({err})") from None
+    if metadata.get("format") != expected:
+        raise CleanDiftError(f"{path} is not a {what}")
+    return tensors, metadata
+
+
 def save_aggregator(path: Path, network: AggregationNetwork, info: AggregatorInfo) -> None:
     """Write weights and `info` atomically."""
     tensors = {
@@ -66,12 +80,7 @@ def load_aggregator(path: Path) -> tuple[AggregationNetwork, AggregatorInfo]:
             f"no aggregation network at {path}: train one with `cleandift-deploy "
             "train-hyperfeatures` and pass its aggregator.safetensors"
         )
-    try:
-        tensors, metadata = read_aligned(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CleanDiftError(f"cannot read {path} ({err})") from None
-    if metadata.get("format") != AGGREGATOR_FORMAT:
-        raise CleanDiftError(f"{path} is not a hyperfeature aggregation network")
+    tensors, metadata = read_format(path, AGGREGATOR_FORMAT, "hyperfeature aggregation network")
     raw = json.loads(metadata["info"])
     info = AggregatorInfo(
         **{**raw, "channels": tuple(raw["channels"]), "timesteps": tuple(raw["timesteps"])}

@@ -142,7 +142,7 @@ def export_hyperfeatures(
     force: bool,
 ) -> None:
     """Export the one-step hyperfeature graph (image -> UNet taps -> aggregation) to ONNX."""
-    from ..export.commands import agreement_table, parse_batch, parse_size
+    from ..export.commands import parse_batch, parse_size, print_agreement
     from ..export.exporter import export_onnx
     from ..export.options import ExportOptions
     from .checkpoint import load_aggregator, unet_for
@@ -165,13 +165,7 @@ def export_hyperfeatures(
     with console.status(f"exporting the one-step hyperfeature graph ({precision}) to {out}"):
         manifest = export_onnx(loaded, out, options, spec)
     console.print(f"wrote {out}: {manifest.build['export_seconds']} s")
-    if manifest.agreement:
-        from ..export.agreement import TapAgreement
-
-        record = {t: TapAgreement(**v) for t, v in manifest.agreement["taps"].items()}
-        console.print(agreement_table("ONNX Runtime vs PyTorch fp32", record))
-        for line in manifest.agreement["failures"]:
-            console.print(f"[red]below threshold[/red] {line}")
+    print_agreement(manifest)
 
 
 COMMANDS: list[click.Command] = [train_hyperfeatures, export_hyperfeatures]

@@ -16,17 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
 from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.methods import PairSample
-from ..models.checkpoints import read_aligned
 from ..train.state import _optimizer_tensors, _restore_optimizer
 from .aggregation import AggregationNetwork
-from .checkpoint import AggregatorInfo
+from .checkpoint import AggregatorInfo, read_format
 from .extract import UNetMaps, cached_maps, rescale_points
 from .loss import clip_loss
 
@@ -119,12 +117,7 @@ def restore_state(
     path: Path, network: AggregationNetwork, optimizer: torch.optim.Optimizer, info: AggregatorInfo
 ) -> list[float]:
     """Load a saved state into `network` and `optimizer`; return the loss history."""
-    try:
-        tensors, metadata = read_aligned(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CleanDiftError(f"cannot read the training state {path} ({err})") from None
-    if metadata.get("format") != STATE_FORMAT:
-        raise CleanDiftError(f"{path} is not a hyperfeature training state")
+    tensors, metadata = read_format(path, STATE_FORMAT, "hyperfeature training state")
     saved = json.loads(metadata["info"])
     current = {**asdict(info), "step": saved["step"]}
     if json.loads(json.dumps(current)) != saved:
