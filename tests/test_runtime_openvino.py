@@ -135,3 +135,14 @@ def test_errors_are_one_line_with_advice(dynamic_onnx: Path, tmp_path: Path) -> 
     shutil.copy(dynamic_onnx.with_suffix(".json"), tmp_path / "tiny.json")
     with pytest.raises(CleanDiftError, match="not a readable ONNX model"):
         FeatureExtractor.load(corrupt, backend="openvino")
+
+
+def test_compare_runs_the_graph_in_openvino(
+    dynamic_onnx: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cleandift_deploy.cli import main
+
+    main(["compare", str(dynamic_onnx), "--runtime", "openvino"])
+    out = capsys.readouterr().out
+    assert "us6" in out and "NN match" in out
+    assert "below threshold" not in out

@@ -29,6 +29,24 @@ def run_onnx(path: Path, batches: Batches) -> list[dict[str, np.ndarray]]:
     ]
 
 
+def run_openvino(path: Path, batches: Batches, precision: str) -> list[dict[str, np.ndarray]]:
+    """Outputs per batch from OpenVINO on the CPU ("fp32" exact, or "bf16")."""
+    from ..runtime.openvino_backend import OpenVINOModel
+
+    model = OpenVINOModel(path, precision)
+    return [
+        {
+            name: np.asarray(value, dtype=np.float32)
+            for name, value in zip(
+                model.output_names,
+                model.run([np.ascontiguousarray(b[n]) for n in model.input_names]),
+                strict=True,
+            )
+        }
+        for b in batches
+    ]
+
+
 def run_engine(path: Path, manifest: Manifest, batches: Batches) -> list[dict[str, np.ndarray]]:
     """Outputs per batch from a TensorRT (or TensorRT-RTX) engine; needs a GPU."""
     if manifest.target.get("runtime") == "tensorrt-rtx":
@@ -54,8 +72,18 @@ def run_engine(path: Path, manifest: Manifest, batches: Batches) -> list[dict[st
         ) from None
 
 
-def run_artifact(path: Path, manifest: Manifest, batches: Batches) -> list[dict[str, np.ndarray]]:
-    """Outputs per batch of the ONNX graph or engine at `path`."""
+ONNX_RUNNERS = ("onnxruntime", "openvino", "openvino-bf16")
+"""Runtimes `compare` can run an ONNX graph in."""
+
+
+def run_artifact(
+    path: Path, manifest: Manifest, batches: Batches, runtime: str = "onnxruntime"
+) -> list[dict[str, np.ndarray]]:
+    """Outputs per batch of the ONNX graph (in `runtime`) or engine at `path`."""
     if manifest.kind == "engine":
         return run_engine(path, manifest, batches)
+    if runtime not in ONNX_RUNNERS:
+        raise CleanDiftError(f"unknown runtime {runtime!r}: use one of {', '.join(ONNX_RUNNERS)}")
+    if runtime.startswith("openvino"):
+        return run_openvino(path, batches, "bf16" if runtime == "openvino-bf16" else "fp32")
     return run_onnx(path, batches)

@@ -209,14 +209,25 @@ def build(
 @click.option("--reference", help="Reference checkpoint (default: the manifest's source).")
 @click.option("--save-golden", type=click.Path(path_type=Path), help="Save inputs and outputs.")
 @click.option("--golden", type=click.Path(path_type=Path), help="Compare with saved outputs.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnxruntime", "openvino", "openvino-bf16"]),
+    default="onnxruntime",
+    show_default=True,
+    help="Runs an ONNX graph (engines run in TensorRT).",
+)
 def compare(
-    artifact: Path, reference: str | None, save_golden: Path | None, golden: Path | None
+    artifact: Path,
+    reference: str | None,
+    save_golden: Path | None,
+    golden: Path | None,
+    runtime: str,
 ) -> None:
     """Compare an artifact with the fp32 PyTorch reference; exit 1 below the thresholds."""
     from .compare import compare_artifact
 
     with console.status(f"comparing {artifact}"):
-        result = compare_artifact(artifact, reference, save_golden, golden)
+        result = compare_artifact(artifact, reference, save_golden, golden, runtime)
     Console().print(
         agreement_table(f"{artifact} ({result.precision}) vs reference", result.agreement)
     )

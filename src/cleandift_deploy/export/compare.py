@@ -100,8 +100,12 @@ def compare_artifact(
     reference: str | None = None,
     save_golden_dir: Path | None = None,
     golden_dir: Path | None = None,
+    runtime: str = "onnxruntime",
 ) -> Comparison:
-    """Run the artifact and the reference (PyTorch or golden) on the same inputs and compare."""
+    """Run the artifact and the reference (PyTorch or golden) on the same inputs and compare.
+
+    `runtime` runs ONNX graphs: "onnxruntime", "openvino" or "openvino-bf16" (engines: TensorRT).
+    """
     if save_golden_dir is not None and golden_dir is not None:
         raise CleanDiftError("give --save-golden or --golden, not both")
     manifest = artifact_manifest(path)
@@ -112,6 +116,6 @@ def compare_artifact(
         expected = [reference_outputs(module, [b]) for b in batches]
         if save_golden_dir is not None:
             save_golden(save_golden_dir, batches, expected)
-    actual = run_artifact(path, manifest, batches)
+    actual = run_artifact(path, manifest, batches, runtime)
     agreement = compare_outputs(concat_runs(expected), concat_runs(actual))
     return Comparison(agreement, failures(agreement, manifest.precision), manifest.precision)
