@@ -58,3 +58,18 @@ def test_an_unknown_method_names_the_known_ones() -> None:
             build_method("nope", MethodOptions())
     finally:
         METHODS.pop("shift-test")
+
+
+def test_cli_option_parsers_refuse_bad_values() -> None:
+    from cleandift_deploy.eval.commands import parse_alphas, parse_filters, parse_pairs
+
+    assert parse_alphas("0.05, 0.1") == (0.05, 0.1)
+    assert parse_pairs(("size=768", "resize=pad"), "--set") == {"size": "768", "resize": "pad"}
+    assert parse_filters(("occlusion=0",)) == {"occlusion": 0}
+    for bad in ("0.1,x", "1.5", ""):
+        with pytest.raises(CleanDiftError, match="--alpha"):
+            parse_alphas(bad)
+    with pytest.raises(CleanDiftError, match="KEY=VALUE"):
+        parse_pairs(("size",), "--set")
+    with pytest.raises(CleanDiftError, match="integers"):
+        parse_filters(("occlusion=yes",))

@@ -84,3 +84,15 @@ def test_the_target_shows_the_source_content_at_the_mapped_points(tmp_path: Path
         good.extend(np.abs(values - target[trg[:, 1], trg[:, 0]]))
         bad.extend(np.abs(values - target[(trg[:, 1] + 15) % target.shape[0], trg[:, 0]]))
     assert np.median(good) < 0.6 * np.median(bad)
+
+
+def test_make_synthetic_command_writes_every_split(tmp_path: Path, capsys) -> None:
+    from cleandift_deploy.cli import main
+
+    main(["eval", "make-synthetic", "--out", str(tmp_path), "--pairs", "4", "--max-side", "96"])
+    assert "pairs: trn 4, val 1, test 4" in capsys.readouterr().out
+    assert [len(load_pairs(tmp_path, "spair", s)) for s in ("trn", "val", "test")] == [4, 1, 4]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "make-synthetic", "--out", str(tmp_path / "x"), "--pairs", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --pairs must be at least 1")

@@ -114,8 +114,8 @@ def make_synthetic_command(
     }
     if min(counts.values()) < 0 or pairs < 1:
         raise CleanDiftError("--pairs must be at least 1 and the split sizes non-negative")
-    if max_side is not None and max_side < 32:
-        raise CleanDiftError(f"--max-side {max_side} is too small: use 32 or more")
+    if max_side is not None and max_side < 64:
+        raise CleanDiftError(f"--max-side {max_side} is too small: use 64 or more")
     with Progress() as progress:
         task = progress.add_task("writing pairs", total=sum(counts.values()))
         make_synthetic(out, counts, seed, lambda: progress.advance(task), max_side)

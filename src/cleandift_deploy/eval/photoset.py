@@ -136,14 +136,17 @@ class PhotoSet:
         """One photo, a random warp of it, and the pair file with the mapped keypoints."""
         which = int(rng.integers(len(self.photos)))
         photo, image, points = self.photos[which], self.images[which], self.keypoints[which]
-        for _ in range(20):
+        needed = max(1, min(MIN_POINTS, len(points) // 2))
+        for _ in range(50):
             warp = random_homography(image.size, rng)
             mapped = map_points(warp.matrix, points)
             keep = np.flatnonzero(inside(mapped, image.size, MARGIN))
-            if len(keep) >= MIN_POINTS:
+            if len(keep) >= needed:
                 break
         else:
-            raise CleanDiftError(f"no warp of {photo.name} keeps {MIN_POINTS} keypoints: retry")
+            raise CleanDiftError(
+                f"no warp of {photo.name} keeps {needed} keypoints: use a larger --max-side"
+            )
         keep = np.sort(rng.choice(keep, min(PAIR_POINTS, len(keep)), replace=False))
         target = photometric(warp_image(image, warp.matrix, image.size), rng)
         name = f"{photo.name}_{split}_{index:05d}"
