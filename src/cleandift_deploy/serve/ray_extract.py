@@ -60,6 +60,8 @@ def planned_batch_size(spec: ModelSpec) -> int:
     """The batch size the extractor will have, checked against an artifact's manifest on the
     driver, so a bad request ends in one line before any actor starts."""
     if Path(spec.model).suffix not in ARTIFACT_KINDS:
+        if not Path(spec.model).exists():
+            raise CleanDiftError(f"{spec.model} does not exist: give an artifact or a model source")
         return spec.batch_size or 1
     path = Path(spec.model)
     artifact_kind(path)
@@ -117,10 +119,10 @@ def _quiet_ray_data() -> None:
     """Our own progress bar instead of Ray Data's, and no execution-plan log lines."""
     from ray.data import DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def ray_extract_files(
