@@ -57,7 +57,7 @@ def _per_copy(module: Any, image: Any) -> Any:
     n = noiser.spec.ensemble
     pixels = image.to(torch.float32) / 127.5 - 1.0
     mean, std = model.vae_encoder.posterior(pixels.repeat_interleave(n, dim=0))
-    draws = fixed_draws(noiser.spec, mean.shape[1], mean.shape[2], mean.shape[3])
+    draws = fixed_draws(noiser.spec, mean.shape[1], mean.shape[2], mean.shape[3]).to(mean.device)
     posterior_eps, noise_eps = (d.repeat(image.shape[0], 1, 1, 1) for d in draws)
     noisy = noiser.signal * (mean + std * posterior_eps) + noiser.noise * noise_eps
     context = module.prompt_embeds.expand(noisy.shape[0], -1, -1)
@@ -107,6 +107,32 @@ def run_variant(variant: str, arch: str, size: int, ensemble: int, repeats: int,
     Path(out + ".json").write_text(json.dumps(record))
 
 
+def count_tflop(arch: str, size: int, ensemble: int) -> dict[str, float]:
+    """TFLOP of each variant (convolutions, matrix products, attention; 2 per multiply-add),
+    counted by PyTorch's `FlopCounterMode` on the meta device: no weights, no compute."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cleandift_deploy.export.graph_module import ExportGraph
+    from cleandift_deploy.models import FeatureUNet, VAEEncoder, build_vae, get_arch, random_unet
+    from cleandift_deploy.models.noise import EnsembleNoiser, NoiseSpec
+
+    unet = random_unet(arch, device="meta").unet
+    vae = VAEEncoder(build_vae(dict(get_arch(arch).vae), "meta"))
+    noiser = EnsembleNoiser(NoiseSpec(261, ensemble), vae.latent_channels, (size // 8, size // 8))
+    width = int(unet.config.cross_attention_dim)
+    prompt = torch.zeros(1, 77, width, device="meta")
+    features = FeatureUNet(unet, ("us6",), timestep=261.0)
+    module = ExportGraph(features, vae, prompt, noiser).to("meta").eval()
+    image = torch.zeros(1, 3, size, size, dtype=torch.uint8, device="meta")
+    found = {}
+    for variant in VARIANTS:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            module(image) if variant == "vae-once" else _per_copy(module, image)
+        found[variant] = counter.get_total_flops() / 1e12
+    return found
+
+
 def agreement(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
     """Per-position cosine (min) and relative L2 of two [1,C,h,w] maps, in float64."""
     a, b = first.astype(np.float64), second.astype(np.float64)
@@ -123,7 +149,36 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--ensemble", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--flops-only", action="store_true", help="Count FLOPs, time nothing.")
     args = parser.parse_args()
+    tflop = count_tflop(args.arch, args.size, args.ensemble)
+    report: dict[str, Any] = {
+        "setup": {
+            "arch": f"{args.arch} (random weights)",
+            "size": args.size,
+            "ensemble": args.ensemble,
+            "timestep": 261,
+            "tap": "us6",
+            "precision": "fp32 PyTorch eager",
+            "repeats": args.repeats,
+            "threads": _threads(),
+            "cpu": "AMD EPYC, AVX512_BF16, no AMX, 2 cores",
+        },
+        "tflop": tflop,
+        "flop_ratio": tflop["per-copy"] / tflop["vae-once"],
+    }
+    if not args.flops_only:
+        report.update(timed_variants(args))
+    RESULTS.mkdir(exist_ok=True)
+    from cleandift_deploy.atomic import write_text_atomic
+
+    write_text_atomic(RESULTS / f"{NAME}.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(RESULTS / f"{NAME}.md", markdown(report))
+    print(markdown(report))
+
+
+def timed_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """Each variant timed in its own fresh process; ratios and agreement of their features."""
     from rich.progress import Progress
 
     context = multiprocessing.get_context("spawn")
@@ -144,30 +199,13 @@ def main() -> None:
             found[variant]["features"] = np.load(out + ".npy")
             progress.advance(task)
     once, per_copy = found["vae-once"], found["per-copy"]
-    report = {
-        "setup": {
-            "arch": f"{args.arch} (random weights)",
-            "size": args.size,
-            "ensemble": args.ensemble,
-            "timestep": 261,
-            "tap": "us6",
-            "precision": "fp32 PyTorch eager",
-            "repeats": args.repeats,
-            "threads": _threads(),
-            "cpu": "AMD EPYC, AVX512_BF16, no AMX, 2 cores",
-        },
+    return {
         "variants": {v: {k: x for k, x in found[v].items() if k != "features"} for v in VARIANTS},
         "speedup": per_copy["median_s"] / once["median_s"],
         "peak_ratio": per_copy["peak_gb"] / once["peak_gb"],
         "activation_ratio": per_copy["activations_gb"] / once["activations_gb"],
         "agreement": agreement(per_copy["features"], once["features"]),
     }
-    RESULTS.mkdir(exist_ok=True)
-    from cleandift_deploy.atomic import write_text_atomic
-
-    write_text_atomic(RESULTS / f"{NAME}.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(RESULTS / f"{NAME}.md", markdown(report))
-    print(markdown(report))
 
 
 def _threads() -> int:
@@ -177,12 +215,19 @@ def _threads() -> int:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown table."""
-    setup = report["setup"]
+    """The report as Markdown: FLOPs always, the timed table when the variants ran."""
+    setup, tflop = report["setup"], report["tflop"]
     lines = [
         f"# DIFT ensemble {setup['ensemble']} at {setup['size']} px, {setup['arch']}, "
         f"{setup['precision']}, {setup['cpu']}",
         "",
+        f"FLOPs (FlopCounterMode, meta device): vae-once {tflop['vae-once']:.2f} TFLOP, "
+        f"per-copy {tflop['per-copy']:.2f} TFLOP: {report['flop_ratio']:.2f}x.",
+        "",
+    ]
+    if "variants" not in report:
+        return "\n".join([*lines, "Timing not run (`--flops-only`).", ""])
+    lines += [
         "| variant | median s | peak GB | models GB | activations GB |",
         "|---|---|---|---|---|",
     ]
