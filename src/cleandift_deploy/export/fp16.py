@@ -240,7 +240,7 @@ def to_mixed_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> onnx.Mode
     name_nodes(model)
     keep_fp32 = fp32_nodes(model, keep)
     rewriter = _Rewriter(model)
-    targets = {
+    targets: dict[str, int] = {
         node.name: FLOAT if node.name in keep_fp32 else HALF
         for node in model.graph.node
         if rewriter.computes_on_floats(node)
