@@ -16,6 +16,9 @@ subset must be identical. Results: benchmarks/results/eval_matching.{json,md}.
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py
     .venv/bin/python benchmarks/bench_eval.py --quick     # small smoke run
+    # SPair's sharing (~6.8 pairs per target) on fewer pairs, when the full run does not fit:
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py \
+        --pairs 2000 --per-category 16
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +143,7 @@ def markdown(result: dict) -> str:
             f"DIFT subset: **{result['identical']}** ({result['compared_points']} points).",
             "",
             "Command: `flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py"
-            + (" --quick`" if result["quick"] else "`"),
+            + f"{result['arguments']}`",
             "",
         ]
     )
@@ -150,9 +154,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 pairs, 5 DIFT pairs")
     parser.add_argument("--dift-pairs", type=int, default=40)
     parser.add_argument("--pool", type=int, default=48, help="distinct cached maps")
+    parser.add_argument("--pairs", type=int, default=12234, help="pairs (SPair test: 12,234)")
+    parser.add_argument("--per-category", type=int, default=100, help="images per category")
     args = parser.parse_args()
-    total, dift_pairs = (300, 5) if args.quick else (12234, args.dift_pairs)
-    pairs = make_pairs(total, 18, 100, SEED)
+    total, dift_pairs = (300, 5) if args.quick else (args.pairs, args.dift_pairs)
+    pairs = make_pairs(total, 18, args.per_category, SEED)
     pool = feature_pool(args.pool, SEED)
     subset = sorted(np.random.default_rng(1).choice(total, dift_pairs, replace=False).tolist())
     eval_seconds, ours = run_eval(pairs, pool)
@@ -164,6 +170,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "quick": args.quick,
+        "arguments": "".join(f" {a}" for a in sys.argv[1:]),
         "pairs": total,
         "points": int(sum(len(p.points) for p in pairs)),
         "images": len({p.source for p in pairs} | {p.target for p in pairs}),
@@ -184,7 +191,7 @@ def main() -> None:
         "compared_points": int(sum(len(pairs[i].points) for i in subset)),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else ("" if total == 12234 else f"_{total}")
     (RESULTS / f"{NAME}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{NAME}{suffix}.md").write_text(markdown(result))
     print(markdown(result))
