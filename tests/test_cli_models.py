@@ -38,7 +38,18 @@ def test_info_reports_the_full_sd21_unet_size(capsys: pytest.CaptureFixture[str]
     code, out, err = cli(capsys, "info", "--arch", "sd21", "--random-init")
     assert code == 0, err
     assert "865.9M (865,910,724)" in out
-    assert "us6  │ 1280     │ 16     │ 1280x48x48" in out
+    rows = {cells[0]: cells[1:] for cells in _table_rows(out)}
+    assert rows["us6"] == ["1280", "16", "1280x48x48"]
+    assert rows["res3_2"] == ["320", "8", "320x96x96"]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The cells of each row of a rich table, stripped of padding."""
+    return [
+        [cell.strip() for cell in line.strip("│ ").split("│")]
+        for line in text.splitlines()
+        if line.startswith("│")
+    ]
 
 
 def test_info_on_a_saved_folder_at_a_given_size(
