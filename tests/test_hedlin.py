@@ -24,6 +24,7 @@ from cleandift_deploy.hedlin.geometry import (
 from cleandift_deploy.hedlin.model import AttentionModel, deepest_tap
 from cleandift_deploy.hedlin.readout import predict_points, read_out
 from cleandift_deploy.hedlin.settings import HedlinSettings, settings_from_strings
+from cleandift_deploy.models import load_vae, random_unet
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.train.noising import noise_scheduler
 
@@ -219,3 +220,30 @@ def test_settings_from_strings_parse_and_refuse() -> None:
         settings_from_strings({"steps": "many"})
     with pytest.raises(CleanDiftError, match="noise must be"):
         settings_from_strings({"noise": "pink"})
+
+
+@pytest.mark.slow
+def test_sd15_layers_capture_and_pruning() -> None:
+    """On the real SD1.5 architecture: the four layers sit at 1/16 and 1/8 of the latent, keep
+    heads 4-7 of 8, equal the recomputed softmax, and pruning after us7 changes nothing."""
+    unet = random_unet("sd15", seed=0).unet
+    vae = load_vae(None, "sd15", random_init=True)
+    settings = HedlinSettings(size=128)
+    latents, context = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 768)
+    pruned = AttentionModel(unet, vae, noise_scheduler(None), settings)
+    full = AttentionModel(unet, vae, noise_scheduler(None), settings, prune=False)
+    with torch.no_grad():
+        maps = pruned.maps(latents, context, 140, 8)
+        torch.testing.assert_close(maps, full.maps(latents, context, 140, 8))
+        with capture_cross_attention(unet, settings.layers) as captured:
+            unet(latents, 140.0, context)
+    sides = []
+    for processor, layer_map in zip(captured, maps[0], strict=True):
+        probs = processor.probs
+        assert probs is not None and probs.shape[1] == 8
+        side = math.isqrt(probs.shape[2])
+        sides.append(side)
+        small = probs[:, 4:, :, 1].mean(dim=1).reshape(1, 1, side, side)
+        expected = torch.nn.functional.interpolate(small, size=(8, 8), mode="bilinear")
+        torch.testing.assert_close(layer_map, expected[0, 0])
+    assert sides == [4, 4, 4, 8]
