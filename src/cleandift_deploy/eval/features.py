@@ -182,8 +182,13 @@ class FeaturesMethod:
         stored = self.cache.get_or_compute(parts, image, lambda: self._extract(image, category))
         original = (int(stored["original"][0]), int(stored["original"][1]))
         content = (int(stored["content"][0]), int(stored["content"][1]))
+        offset = (
+            (int(stored["offset"][0]), int(stored["offset"][1])) if "offset" in stored else (0, 0)
+        )
         canvas = self.extractor.image_size
-        return match_grid(stored["features"], canvas, original, content, self.extractor.resize)
+        return match_grid(
+            stored["features"], canvas, original, content, self.extractor.resize, offset
+        )
 
     def _extract(self, image: Path, category: str) -> dict[str, torch.Tensor]:
         from ..runtime.images import read_image
@@ -195,6 +200,7 @@ class FeaturesMethod:
             "features": result.taps[self.tap][0].contiguous(),
             "original": torch.tensor(placement.original),
             "content": torch.tensor(placement.content),
+            "offset": torch.tensor(placement.offset),
         }
 
     def _target(self, sample: PairSample) -> tuple[TargetField, MatchGrid]:
