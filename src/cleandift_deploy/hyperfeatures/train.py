@@ -22,7 +22,7 @@ from ..atomic import atomic_path
 from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.methods import PairSample
-from ..train.state import _optimizer_tensors, _restore_optimizer
+from ..train.state import optimizer_state_tensors, restore_optimizer_state
 from .aggregation import AggregationNetwork
 from .checkpoint import AggregatorInfo, read_format
 from .extract import UNetMaps, cached_maps, rescale_points
@@ -102,7 +102,7 @@ def save_state(
     """Network, AdamW state and loss history, atomically."""
     tensors = {f"network.{k}": v.detach().clone() for k, v in network.state_dict().items()}
     tensors["history"] = torch.tensor(history, dtype=torch.float32).reshape(-1)
-    optimizer_tensors, groups = _optimizer_tensors(optimizer)
+    optimizer_tensors, groups = optimizer_state_tensors(optimizer)
     tensors.update(optimizer_tensors)
     metadata = {
         "format": STATE_FORMAT,
@@ -132,7 +132,7 @@ def restore_state(
         network.load_state_dict(network_state, strict=True)
     except RuntimeError:
         raise CleanDiftError(f"{path} holds another network shape: start a new --out") from None
-    _restore_optimizer(optimizer, tensors, metadata["optimizer_groups"])
+    restore_optimizer_state(optimizer, tensors, metadata["optimizer_groups"])
     return [float(v) for v in tensors["history"]]
 
 

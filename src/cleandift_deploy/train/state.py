@@ -50,8 +50,11 @@ def _strip(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
-    """Adam's per-parameter tensors flattened under `optimizer.*`, the rest as JSON."""
+def optimizer_state_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Adam's per-parameter tensors flattened under `optimizer.*`, the rest as JSON (shared by
+    every resumable trainer: CleanDIFT distillation and the hyperfeature aggregator)."""
     state = optimizer.state_dict()
     tensors = {
         f"optimizer.{index}.{name}": _cpu(value)
@@ -61,9 +64,10 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, json.dumps(state["param_groups"])
 
 
-def _restore_optimizer(
+def restore_optimizer_state(
     optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], groups_json: str
 ) -> None:
+    """Put the tensors and groups `optimizer_state_tensors` wrote back into `optimizer`."""
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in _strip("optimizer.", tensors).items():
         index, name = key.split(".", 1)
@@ -97,7 +101,7 @@ def save_state(
     }
     if progress.history is not None:
         tensors["history"] = _cpu(progress.history)
-    optimizer_tensors, groups = _optimizer_tensors(optimizer)
+    optimizer_tensors, groups = optimizer_state_tensors(optimizer)
     tensors.update(optimizer_tensors)
     metadata = {
         "format": STATE_FORMAT,
@@ -156,5 +160,5 @@ def restore_optimizer_and_rng(
     optimizer: torch.optim.Optimizer, generator: torch.Generator, saved: SavedState
 ) -> None:
     """Load Adam's state and the noise generator's state."""
-    _restore_optimizer(optimizer, saved.tensors, saved.metadata["optimizer_groups"])
+    restore_optimizer_state(optimizer, saved.tensors, saved.metadata["optimizer_groups"])
     generator.set_state(saved.tensors["rng.noise"])
