@@ -19,6 +19,8 @@ from cleandift_deploy.hyperfeatures.schedule import MULTI_STEP, ONE_STEP, Varian
 from cleandift_deploy.models.configs import SD15
 from cleandift_deploy.models.taps import RESNET_TAP_NAMES
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 

@@ -27,6 +27,8 @@ from cleandift_deploy.hyperfeatures.graph import OUTPUT, hyperfeature_spec
 from cleandift_deploy.manifest import Manifest, sidecar_path
 from cleandift_deploy.models.loading import LoadedUNet
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _info(tiny: LoadedUNet, variant: str = "one-step") -> AggregatorInfo:
     timesteps = (-1.0,) if variant == "one-step" else (-1.0, 60.0)

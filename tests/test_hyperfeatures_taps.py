@@ -11,6 +11,8 @@ from cleandift_deploy.models import FeatureUNet, build_unet, tap_infos, tap_spec
 from cleandift_deploy.models.configs import SD15, TINY
 from cleandift_deploy.models.taps import RESNET_TAP_NAMES, deepest_tap
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module", params=["tiny", "small21"])
 def unet(request: pytest.FixtureRequest) -> torch.nn.Module:

@@ -24,6 +24,8 @@ from cleandift_deploy.hyperfeatures.extract import ExtractSettings
 from cleandift_deploy.hyperfeatures.run import RunOptions, run_training
 from cleandift_deploy.hyperfeatures.train import HyperTrainSettings
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
