@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 from hedlin_helpers import SMALL, matcher, photo, tiny_vae
-from train_helpers import one_thread
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.hedlin.attention import capture_cross_attention, cross_attention
@@ -28,10 +26,7 @@ from cleandift_deploy.models import load_vae, random_unet
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.train.noising import noise_scheduler
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _inputs(unet: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

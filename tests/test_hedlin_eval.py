@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import one_thread
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.errors import CleanDiftError
@@ -21,9 +19,7 @@ from cleandift_deploy.runtime.images import read_image
 SMALL = {"steps": "2", "inits": "2", "readout_crops": "5"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from train_helpers import TEST_TAPS, make_image_folder, one_thread, tiny_trainer
+from train_helpers import TEST_TAPS, make_image_folder, tiny_trainer
 
 from cleandift_deploy.models import FeatureUNet, load_unet
 from cleandift_deploy.models.loading import LoadedUNet
@@ -19,10 +18,7 @@ from cleandift_deploy.train.heads import ProjectionHeads
 from cleandift_deploy.train.loop import Trainer, encode_latents, learning_rate
 from cleandift_deploy.train.noising import noise_scheduler, stratified_timesteps
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import make_image_folder, make_tiny_pipeline, one_thread
+from train_helpers import make_image_folder, make_tiny_pipeline
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.models import encode_prompt, load_unet
 from cleandift_deploy.train.conditioning import Conditioning
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

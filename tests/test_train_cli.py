@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from train_helpers import make_image_folder, one_thread
+from train_helpers import make_image_folder
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.models import load_unet
 from cleandift_deploy.train.state import read_state
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _train(data: Path, out: Path, *extra: str) -> None:

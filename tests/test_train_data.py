@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_helpers import blob_image, make_image_folder, one_thread, tiny_trainer
+from train_helpers import blob_image, make_image_folder, tiny_trainer
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.train import state as state_module
 from cleandift_deploy.train.data import ImageFolder, SampleOrder
 from cleandift_deploy.train.state import read_state
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from train_helpers import make_image_folder, one_thread, tiny_trainer
+from train_helpers import make_image_folder, tiny_trainer
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.manifest import Manifest, sidecar_path
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_exported_student_matches_the_trained_one_in_onnx_runtime(tmp_path: Path) -> None:
