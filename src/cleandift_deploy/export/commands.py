@@ -48,6 +48,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def parse_size_range(
+    texts: tuple[str, str] | None,
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """`--size-range HMINxWMIN HMAXxWMAX` as two (H, W) pairs, or None when not given."""
+    return None if texts is None else (parse_size(texts[0]), parse_size(texts[1]))
+
+
 def agreement_table(title: str, agreement: dict[str, TapAgreement]) -> Table:
     """Per-output agreement as a rich table."""
     table = Table(title=title)
@@ -136,9 +143,7 @@ def export(
         vae=not no_vae,
         image_size=image_size or (None, None),
         batch=parse_batch(batch),
-        size_range=None
-        if size_range is None
-        else (parse_size(size_range[0]), parse_size(size_range[1])),
+        size_range=parse_size_range(size_range),
         opset=opset,
         precision=precision,
         force=force,

@@ -60,15 +60,13 @@ def export_dinov2_command(
     """Export DINOv2 to ONNX: uint8 images in, the token grid `dino` [B,C,H/14,W/14] out."""
     from ..models.dinov2 import resolve_dino
     from .agreement import TapAgreement
-    from .commands import agreement_table, parse_batch, parse_size
+    from .commands import agreement_table, parse_batch, parse_size_range
     from .dinov2_export import DinoExportOptions, export_dinov2
 
     options = DinoExportOptions(
         layer=layer,
         image_size=image_size,
-        size_range=None
-        if size_range is None
-        else (parse_size(size_range[0]), parse_size(size_range[1])),
+        size_range=parse_size_range(size_range),
         batch=parse_batch(batch),
         opset=opset,
         precision=precision,

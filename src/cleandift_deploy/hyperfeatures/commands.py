@@ -142,7 +142,7 @@ def export_hyperfeatures(
     force: bool,
 ) -> None:
     """Export the one-step hyperfeature graph (image -> UNet taps -> aggregation) to ONNX."""
-    from ..export.commands import parse_batch, parse_size, print_agreement
+    from ..export.commands import parse_batch, parse_size_range, print_agreement
     from ..export.exporter import export_onnx
     from ..export.options import ExportOptions
     from .checkpoint import load_aggregator, unet_for
@@ -153,9 +153,7 @@ def export_hyperfeatures(
     options = ExportOptions(
         image_size=image_size or (info.image_size, info.image_size),
         batch=parse_batch(batch),
-        size_range=None
-        if size_range is None
-        else (parse_size(size_range[0]), parse_size(size_range[1])),
+        size_range=parse_size_range(size_range),
         opset=opset,
         precision=precision,
         force=force,

@@ -11,9 +11,10 @@ from .selection import BACKENDS
 DEFAULT_BATCHES = (1, 2, 4, 8)
 
 
-def _batches(value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
+def parse_batch_sizes(value: str | None) -> tuple[int, ...]:
+    """Comma-separated positive batch sizes (`1,2,4,8`); () when not given."""
+    if not value:
+        return ()
     try:
         sizes = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -21,13 +22,6 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
     if not sizes or min(sizes) < 1:
         raise click.BadParameter(f"{value!r}: batch sizes are positive integers")
     return sizes
-
-
-def _size(text: str) -> tuple[int, int]:
-    height, sep, width = text.lower().partition("x")
-    if not sep or not height.isdigit() or not width.isdigit():
-        raise click.BadParameter(f"{text!r}: give image sizes as HxW, e.g. 768x768")
-    return int(height), int(width)
 
 
 @click.command()
@@ -70,6 +64,7 @@ def bench(
     from rich.console import Console
 
     from ..errors import CleanDiftError
+    from ..export.commands import parse_size
     from ..manifest import Manifest, sidecar_path
     from .bench import BenchBudget, BenchCase, check_case
     from .bench_report import BenchRequest, print_table, run_bench, write_outputs
@@ -82,14 +77,12 @@ def bench(
     artifact_kind(artifact)
     manifest = Manifest.load(sidecar_path(artifact))
     batches = (
-        _batches(batch)
+        parse_batch_sizes(batch)
         or tuple(b for b in DEFAULT_BATCHES if manifest.batch.contains(b))
         or (manifest.batch.min,)
     )
-    shapes = [_size(s) for s in sizes] or [(manifest.height.opt, manifest.width.opt)]
-    budget = BenchBudget(warmup, iterations if seconds is None else None, seconds)
-    if budget.iterations is None and budget.seconds is None:
-        budget = BenchBudget(warmup, 20, None)
+    shapes = [parse_size(s) for s in sizes] or [(manifest.height.opt, manifest.width.opt)]
+    budget = BenchBudget(warmup, None if seconds is not None else iterations or 20, seconds)
     cases = tuple(BenchCase(b, h, w) for h, w in shapes for b in batches)
     for case in cases:
         check_case(manifest, case)

@@ -7,15 +7,6 @@ from pathlib import Path
 import click
 
 
-def _sizes(value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
-
-
 @click.command("triton-repo")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "repo", required=True, type=click.Path(path_type=Path))
@@ -46,12 +37,13 @@ def triton_repo(
     force: bool,
 ) -> None:
     """Write a Triton model repository (config.pbtxt checked against Triton's schema)."""
+    from ..runtime.bench_commands import parse_batch_sizes
     from .triton_config import RepoOptions
     from .triton_repo import write_repository
 
     options = RepoOptions(
         max_batch=max_batch,
-        preferred_batch=_sizes(preferred_batch),
+        preferred_batch=parse_batch_sizes(preferred_batch),
         queue_delay_us=queue_delay_us,
         instances=instances,
         kind=kind,
