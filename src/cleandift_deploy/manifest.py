@@ -146,3 +146,14 @@ def sidecar_path(artifact: Path) -> Path:
     if artifact.suffix == ".onnx":
         return artifact.with_suffix(".json")
     return artifact.with_name(artifact.name + ".json")
+
+
+def source_onnx(artifact: Path, manifest: Manifest) -> Path | None:
+    """The ONNX graph an artifact runs: the file itself, or for an engine the ONNX file it was
+    built from when that sits beside the engine (None otherwise)."""
+    artifact = Path(artifact)
+    if artifact.suffix == ".onnx":
+        return artifact
+    name = manifest.build.get("onnx")
+    source = artifact.with_name(str(name)) if name else None
+    return source if source is not None and source.suffix == ".onnx" and source.is_file() else None

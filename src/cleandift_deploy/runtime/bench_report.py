@@ -14,8 +14,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..atomic import atomic_path, write_text_atomic
-from ..manifest import sidecar_path
-from .bench import BenchBudget, BenchCase, BenchRow, measure
+from ..manifest import source_onnx
+from .bench import BenchBudget, BenchCase, BenchRow, measure, model_inputs
 from .extractor import FeatureExtractor
 from .machine import device_description
 
@@ -33,22 +33,10 @@ class BenchRequest:
     count_flops: bool = True
 
 
-def flops_source(artifact: Path) -> Path | None:
-    """The ONNX graph whose operations an artifact runs: itself, or the file an engine was built
-    from when it sits beside the engine."""
-    if artifact.suffix == ".onnx":
-        return artifact
-    manifest = json.loads(sidecar_path(artifact).read_text())
-    name = manifest.get("build", {}).get("onnx")
-    source = artifact.with_name(name) if name else None
-    return source if source is not None and source.is_file() else None
-
-
 def _flops(source: Path | None, extractor: FeatureExtractor, case: BenchCase) -> int | None:
     if source is None:
         return None
     from ..export.flops import count_flops
-    from .bench import model_inputs
 
     shapes = {k: list(v.shape) for k, v in model_inputs(extractor.manifest, case).items()}
     return sum(count_flops(source, shapes).values())
@@ -62,7 +50,7 @@ def run_bench(request: BenchRequest) -> dict[str, Any]:
         if request.reference
         else None
     )
-    source = flops_source(request.artifact) if request.count_flops else None
+    source = source_onnx(request.artifact, ours.manifest) if request.count_flops else None
     rows: list[BenchRow] = []
     with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task("benchmarking", total=len(request.cases))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import Manifest, sidecar_path, source_onnx
 from .triton_config import (
     RepoOptions,
     TensorSpec,
@@ -130,12 +130,8 @@ def _stage_plans(model: RepoModel, folder: Path) -> dict[str, str]:
 
 
 def _signature(model: RepoModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    if model.kind == "onnx":
-        return onnx_signature(model.artifacts[0])
-    source = model.artifacts[0].with_name(str(model.manifests[0].build.get("onnx", "")))
-    if source.suffix == ".onnx" and source.is_file():
-        return onnx_signature(source)
-    return manifest_signature(model.manifests[0])
+    source = source_onnx(model.artifacts[0], model.manifests[0])
+    return manifest_signature(model.manifests[0]) if source is None else onnx_signature(source)
 
 
 def _stage_model(model: RepoModel, folder: Path, options: RepoOptions) -> None:
