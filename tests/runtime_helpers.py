@@ -11,6 +11,7 @@ import torch
 
 from cleandift_deploy.export.exporter import export_onnx
 from cleandift_deploy.export.options import ExportOptions
+from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo
 from cleandift_deploy.models.loading import LoadedUNet
 
 TINY_TAPS = ("us3", "us6")
@@ -74,3 +75,25 @@ def repaired_tensorrt_stubs(site_packages: Path, target: Path) -> Path:
     text = re.sub(r"^\s*def .*$", _fix_defaults, text, flags=re.MULTILINE)
     bindings.write_text(text)
     return target
+
+
+def engine_manifest(**target: object) -> Manifest:
+    """A TensorRT engine's manifest for tests that need no engine file (tiny, fp16, batch 1-4,
+    64-128 px); `target` fields go into its target record (runtime "tensorrt" by default)."""
+    return Manifest(
+        kind="engine",
+        arch="tiny",
+        source="random-init:tiny",
+        checkpoint_sha256="random-init-seed1",
+        taps=[TapInfo("us6", 64, 16)],
+        input=InputInfo(),
+        batch=ShapeRange(1, 1, 4),
+        height=ShapeRange(64, 64, 128),
+        width=ShapeRange(64, 64, 128),
+        timestep=261.0,
+        prompt="",
+        prompt_input=False,
+        precision="fp16",
+        versions={"tensorrt": "10.13.0.35"},
+        target={"runtime": "tensorrt", **target},
+    )

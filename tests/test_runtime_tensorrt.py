@@ -15,10 +15,17 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import run_cli
-from runtime_helpers import TINY_TAPS, agreement, export_tiny, random_rgb, repaired_tensorrt_stubs
+from runtime_helpers import (
+    TINY_TAPS,
+    agreement,
+    engine_manifest,
+    export_tiny,
+    random_rgb,
+    repaired_tensorrt_stubs,
+)
 
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo, sidecar_path
+from cleandift_deploy.manifest import Manifest, sidecar_path
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.tensorrt_backend import (
@@ -47,48 +54,28 @@ follow_imports = skip
 """
 
 
-def _engine_manifest(**target: object) -> Manifest:
-    return Manifest(
-        kind="engine",
-        arch="tiny",
-        source="random-init:tiny",
-        checkpoint_sha256="random-init-seed1",
-        taps=[TapInfo("us6", 64, 16)],
-        input=InputInfo(),
-        batch=ShapeRange(1, 1, 4),
-        height=ShapeRange(64, 64, 128),
-        width=ShapeRange(64, 64, 128),
-        timestep=261.0,
-        prompt="",
-        prompt_input=False,
-        precision="fp16",
-        versions={"tensorrt": "10.13.0.35"},
-        target={"runtime": "tensorrt", **target},
-    )
-
-
 def test_tensorrt_version_must_match_the_build() -> None:
-    manifest = _engine_manifest()
+    manifest = engine_manifest()
     check_tensorrt_version(manifest, "10.13.0.36")
     with pytest.raises(CleanDiftError, match=r"built with TensorRT 10\.13\.0\.35, this machine"):
         check_tensorrt_version(manifest, "11.0.0.1")
     manifest.versions = {}
     with pytest.raises(CleanDiftError, match="does not say which TensorRT"):
         check_tensorrt_version(manifest, "10.13.0.35")
-    rtx = _engine_manifest(runtime="tensorrt-rtx")
+    rtx = engine_manifest(runtime="tensorrt-rtx")
     with pytest.raises(CleanDiftError, match="built for tensorrt-rtx"):
         check_tensorrt_version(rtx, "10.13.0.35")
 
 
 def test_compute_capability_must_match_the_gpu() -> None:
-    a100 = _engine_manifest(compute_capabilities=["8.0"])
+    a100 = engine_manifest(compute_capabilities=["8.0"])
     assert target_capabilities(a100) == [(8, 0)]
     check_compute_capability(a100, (8, 0))
     with pytest.raises(
         CleanDiftError, match=r"built for compute capability 8\.0, this GPU is 9\.0"
     ):
         check_compute_capability(a100, (9, 0))
-    several = _engine_manifest(compute_capabilities=["SM86", "sm_89", "portable default"])
+    several = engine_manifest(compute_capabilities=["SM86", "sm_89", "portable default"])
     assert target_capabilities(several) == [(8, 6), (8, 9)]
     with pytest.raises(CleanDiftError, match=r"8\.6, 8\.9"):
         check_compute_capability(several, (8, 0))
@@ -167,7 +154,7 @@ def test_tensorrt_matches_pytorch_on_the_gpu(tiny: LoadedUNet, tmp_path: Path) -
 def _fake_engine(tmp_path: Path) -> Path:
     engine = tmp_path / "tiny.engine"
     engine.write_bytes(b"not a real engine")
-    _engine_manifest(compute_capabilities=["9.0"]).save(sidecar_path(engine))
+    engine_manifest(compute_capabilities=["9.0"]).save(sidecar_path(engine))
     return engine
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from runtime_helpers import engine_manifest
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.export.tensorrt_build import (
@@ -17,50 +18,29 @@ from cleandift_deploy.export.tensorrt_build import (
     load_timing_cache,
     parse_onnx,
 )
-from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo
 from cleandift_deploy.runtime.tensorrt_backend import check_build_gpu
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-
-
-def _manifest(target: dict[str, Any]) -> Manifest:
-    return Manifest(
-        kind="engine",
-        arch="tiny",
-        source="random-init:tiny",
-        checkpoint_sha256="random-init-seed1",
-        taps=[TapInfo("us6", 64, 16)],
-        input=InputInfo(),
-        batch=ShapeRange(1, 1, 4),
-        height=ShapeRange(64, 64, 128),
-        width=ShapeRange(64, 64, 128),
-        timestep=261.0,
-        prompt="",
-        prompt_input=False,
-        precision="fp16",
-        versions={"tensorrt": "10.13.0.35"},
-        target=target,
-    )
 
 
 def test_build_gpu_is_recorded_and_checked_at_load() -> None:
     target = engine_target(BuildOptions(target="tensorrt"), H100)
     assert target["build_gpu"] == H100 and target["compute_capabilities"] == ["9.0"]
     assert target["hardware_compatibility"] == "none"
-    check_build_gpu(_manifest(target), (9, 0))
+    check_build_gpu(engine_manifest(**target), (9, 0))
     with pytest.raises(
         CleanDiftError, match=r"built for compute capability 9\.0, this GPU is 8\.0"
     ):
-        check_build_gpu(_manifest(target), (8, 0))
+        check_build_gpu(engine_manifest(**target), (8, 0))
 
 
 def test_hardware_compatible_engines_run_on_ampere_and_newer() -> None:
     target = engine_target(BuildOptions(target="tensorrt", hardware_compatible=True), H100)
     assert target["hardware_compatibility"] == "ampere_plus"
     for device in ((8, 0), (8, 6), (9, 0), (12, 0)):
-        check_build_gpu(_manifest(target), device)
+        check_build_gpu(engine_manifest(**target), device)
     with pytest.raises(CleanDiftError, match="Ampere and newer"):
-        check_build_gpu(_manifest(target), (7, 5))
+        check_build_gpu(engine_manifest(**target), (7, 5))
 
 
 def test_rtx_target_records_its_capabilities_not_a_build_gpu() -> None:
@@ -149,4 +129,4 @@ def test_hardware_compatibility_is_refused_for_rtx() -> None:
     trt = SimpleNamespace(MemoryPoolType=SimpleNamespace(WORKSPACE=0))
     options = BuildOptions(hardware_compatible=True)
     with pytest.raises(CleanDiftError, match="applies to --target tensorrt"):
-        _configure(trt, builder, network, _manifest({}), options)
+        _configure(trt, builder, network, engine_manifest(), options)
