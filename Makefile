@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-isa test-slow lint bench clean
+.PHONY: demo test test-isa test-slow lint bench bench-quick bench-index clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src/cleandift_deploy
+
+# Benchmarks (benchmarks/suite.py): the machine is measured once (description, GEMM and memory
+# ceilings), results go to benchmarks/results/<machine-id>/, then the index and docs/performance/
+# are regenerated. `bench` runs everything (hours on 2 cores; the estimate prints first),
+# `bench-quick` one small size per benchmark (a few minutes). On a shared machine set
+# BENCH_BUSY="why" to mark the figures busy.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/suite.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --quick
+
+bench-index: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --index
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,257 @@
+"""Run every benchmark (`make bench`) or each at one small size (`make bench-quick`), with the
+machine measured once for the whole run, then regenerate the index and the docs' pages.
+
+    python benchmarks/suite.py --quick            # a few minutes on 2 cores
+    python benchmarks/suite.py                    # everything: hours on 2 cores (estimate first)
+    python benchmarks/suite.py --quick --only matching,eval
+    python benchmarks/suite.py --index            # only regenerate the index and docs pages
+
+Results: benchmarks/results/<machine-id>/NAME[-quick].{json,md,png}. A benchmark that needs a GPU
+is recorded as "not run: needs a CUDA GPU" on a machine without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from harness.context import CONTEXT_ENV, QUICK_ENV, save_context
+from harness.index import Planned, docs_pages, index_markdown
+from harness.results import RESULTS
+from harness.run import Benchmark
+
+from cleandift_deploy.atomic import write_text_atomic
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs" / "performance"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One benchmark script: its full and quick arguments and rough durations on 2 cores."""
+
+    name: str
+    title: str
+    script: str
+    full: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()
+    full_minutes: float = 10.0
+    quick_seconds: float = 30.0
+    needs_gpu: bool = False
+
+
+SUITE = (
+    Entry(
+        "matching",
+        "Matching kernels vs references and faiss",
+        "bench_matching.py",
+        (),
+        ("--quick",),
+        60,
+        40,
+    ),
+    Entry(
+        "eval_matching",
+        "Evaluator matching vs DIFT's procedure",
+        "bench_eval.py",
+        ("--pairs", "2000", "--per-category", "16", "--dift-pairs", "10"),
+        ("--pairs", "60", "--pool", "8", "--per-category", "4", "--dift-pairs", "1"),
+        12,
+        30,
+    ),
+    Entry(
+        "runtime_cpu",
+        "Image to us6 on the CPU: torch, ONNX Runtime, OpenVINO",
+        "bench_runtime_cpu.py",
+        (),
+        ("--arch", "tiny", "--sizes", "64", "--repeats", "3"),
+        90,
+        45,
+    ),
+    Entry(
+        "runtime_backends",
+        "PyTorch fp32 vs bf16 autocast on the CPU",
+        "bench_runtime_backends.py",
+        (),
+        ("--arch", "tiny", "--sizes", "64"),
+        30,
+        20,
+    ),
+    Entry(
+        "export",
+        "Export and TensorRT-RTX build",
+        "bench_export.py",
+        (),
+        ("--arch", "tiny", "--size", "64"),
+        10,
+        30,
+    ),
+    Entry(
+        "dift",
+        "DIFT ensemble: VAE once vs per copy",
+        "bench_dift.py",
+        (),
+        ("--arch", "tiny", "--size", "64", "--ensemble", "2", "--repeats", "2"),
+        25,
+        30,
+    ),
+    Entry(
+        "dinov2",
+        "DINOv2 and SD + DINOv2 fusion",
+        "bench_dinov2.py",
+        (),
+        (
+            "--arch",
+            "dinov2_tiny",
+            "--size",
+            "84",
+            "--sd-arch",
+            "tiny",
+            "--sd-size",
+            "64",
+            "--pairs",
+            "2",
+            "--parts",
+            "dino",
+            "fusion",
+        ),
+        30,
+        40,
+    ),
+    Entry(
+        "hedlin",
+        "Hedlin et al.: batched vs one-at-a-time",
+        "bench_hedlin.py",
+        (),
+        ("--cases", "tiny"),
+        30,
+        60,
+    ),
+    Entry(
+        "hyperfeatures",
+        "Diffusion Hyperfeatures training and export",
+        "bench_hyperfeatures.py",
+        (),
+        ("--arch", "tiny", "--steps", "5", "--loop-steps", "2", "--repeats", "2"),
+        20,
+        40,
+    ),
+    Entry(
+        "train_step",
+        "One training step",
+        "bench_train_step.py",
+        (),
+        ("--arch", "tiny", "--latent", "8", "--repeats", "1"),
+        40,
+        40,
+    ),
+    Entry(
+        "triton_compile",
+        "Triton matching kernel compiled offline",
+        "bench_triton_compile.py",
+        (),
+        ("--quick",),
+        3,
+        40,
+    ),
+    Entry(
+        "serving",
+        "Serving load test",
+        "bench_serving.py",
+        (),
+        ("--levels", "1,4", "--per-level", "8", "--ray-images", "8", "--ray-image-size", "64"),
+        10,
+        90,
+    ),
+    Entry(
+        "gpu_check",
+        "GPU matching kernels and TensorRT",
+        "bench_gpu.py",
+        (),
+        (),
+        5,
+        60,
+        needs_gpu=True,
+    ),
+)
+PLANNED = tuple(Planned(e.name, e.title, e.needs_gpu) for e in SUITE)
+
+
+def estimate(entries: list[Entry], quick: bool) -> str:
+    """The time estimate printed before anything runs."""
+    seconds = sum(e.quick_seconds if quick else e.full_minutes * 60 for e in entries)
+    return (
+        f"{len(entries)} benchmarks, about {seconds / 60:.0f} min on 2 cores (machine probe ~10 s)"
+    )
+
+
+def write_index(root: Path = RESULTS, docs: Path = DOCS) -> None:
+    """Regenerate benchmarks/results/README.md and the docs' performance pages."""
+    write_text_atomic(root / "README.md", index_markdown(root, PLANNED))
+    if docs.parent.is_dir():
+        docs.mkdir(exist_ok=True)
+        for name, text in docs_pages(root, PLANNED).items():
+            write_text_atomic(docs / name, text)
+
+
+def record_skip(entry: Entry, context_file: Path, quick: bool, reason: str) -> None:
+    """Write a "not run here" record so that no old figure stands as this machine's current one."""
+    os.environ[CONTEXT_ENV] = str(context_file)
+    bench = Benchmark(entry.name, entry.title, quick=quick, argv=[str(HERE / entry.script)])
+    bench.skip(reason)
+    bench.write()
+
+
+def run_entry(entry: Entry, quick: bool, env: dict[str, str]) -> tuple[int, float]:
+    """Run one benchmark script; its exit status and seconds."""
+    args = entry.quick if quick else entry.full
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(HERE / entry.script), *args], env=env, check=False)
+    return done.returncode, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small size per benchmark")
+    parser.add_argument("--only", default="", help="comma list of benchmark names")
+    parser.add_argument("--index", action="store_true", help="only regenerate the index")
+    args = parser.parse_args()
+    if args.index:
+        write_index()
+        return 0
+    chosen = [e for e in SUITE if not args.only or e.name in args.only.split(",")]
+    print(estimate(chosen, args.quick), flush=True)
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as work:
+        context_file = Path(work) / "context.json"
+        context = save_context(context_file)
+        print(f"machine: {context['machine']['summary']} -> {context['machine']['id']}")
+        env = {**os.environ, CONTEXT_ENV: str(context_file)}
+        if args.quick:
+            env[QUICK_ENV] = "1"
+        for entry in chosen:
+            if entry.needs_gpu and not torch.cuda.is_available():
+                record_skip(
+                    entry, context_file, args.quick, "needs a CUDA GPU; this machine has none"
+                )
+                print(f"{entry.name}: skipped (no CUDA GPU)", flush=True)
+                continue
+            code, seconds = run_entry(entry, args.quick, env)
+            print(f"{entry.name}: exit {code} after {seconds:.0f} s", flush=True)
+            if code != 0:
+                failed.append(entry.name)
+    write_index()
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
