@@ -5,14 +5,16 @@ TensorRT for engines; for ONNX graphs ONNX Runtime, on CUDA when a GPU and onnxr
 both present. PyTorch under bf16 autocast ("torch-bf16") is faster than fp32 PyTorch on CPUs with
 AMX (SD2.1 us6 graph: 1.9x at 512 px, 1.8-2.8x at 768 px) but is never chosen by `auto`: on
 the full-size architecture its nearest-neighbour matches agree with fp32 on only 91-98% of query
-points, below even the fp16 bar of 99% (benchmarks/results/runtime_backends.md). Ask for it by
-name where that trade is acceptable.
+points, below even the fp16 bar of 99%
+(benchmarks/results/unknown-machine/runtime_backends.md). Ask for it by name where that trade is
+acceptable.
 
 OpenVINO ("openvino", exact fp32; "openvino-bf16") runs ONNX graphs on the CPU. `auto` keeps ONNX
 Runtime for them: on AMD EPYC (AVX512_BF16, 2 cores, SD2.1 us6 graph) OpenVINO f32 was no faster at
 768 px (21.1 s vs 21.2 s; an earlier single run: 18.5 vs 21.2) while it needs more memory and a
-compile per new input size (benchmarks/results/runtime_cpu.md). "openvino-bf16" is the fastest
-CPU path (2.1x PyTorch eager at 768 px) but moves 6-9% of nearest-neighbour matches, like
+compile per new input size
+(benchmarks/results/legacy-amd-epyc-avx512bf16-no-amx-2c/runtime_cpu.md). "openvino-bf16" is the
+fastest CPU path (2.1x PyTorch eager at 768 px) but moves 6-9% of nearest-neighbour matches, like
 "torch-bf16": by name only.
 """
 
