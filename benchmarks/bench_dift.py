@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness.results import machine_folder
 
-RESULTS = Path(__file__).parent / "results"
+from cleandift_deploy.runtime.machine import cpu_description
+
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "dift"
 VARIANTS = ("vae-once", "per-copy")
 
@@ -162,7 +165,7 @@ def main() -> None:
             "precision": "fp32 PyTorch eager",
             "repeats": args.repeats,
             "threads": _threads(),
-            "cpu": "AMD EPYC, AVX512_BF16, no AMX, 2 cores",
+            "cpu": cpu_description(),
         },
         "tflop": tflop,
         "flop_ratio": tflop["per-copy"] / tflop["vae-once"],

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from harness.results import machine_folder
 from PIL import Image
 from rich.progress import Progress
 
@@ -43,7 +44,7 @@ from cleandift_deploy.models.dinov2 import random_dino
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.fusion import FusionExtractor
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "dinov2"
 SD_TAPS = ("us2", "us5", "us6", "us8")
 

@@ -30,18 +30,18 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from harness.results import machine_folder
 from rich.progress import track
 
 from cleandift_deploy.eval.features import match_into
 from cleandift_deploy.eval.grid import MatchGrid
 from cleandift_deploy.kernels.target_field import prepare_target
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "eval_matching"
 IMAGE = (375, 500)  # (H, W)
 MAP = (1280, 48, 48)

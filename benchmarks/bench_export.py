@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from harness.results import machine_folder
+
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 SIZE = 768
 
 

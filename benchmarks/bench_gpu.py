@@ -3,7 +3,7 @@ procedure it replaces (normalise, matmul, argmax), its agreement with a float64 
 gallery past 2^31 elements (the int64-offset fix), and TensorRT with and without CUDA graphs on
 alternating batch sizes where TensorRT is installed. Writes OUT/gpu_bench.{json,md}.
 
-    python benchmarks/bench_gpu.py --out benchmarks/results/gpu_check
+    python benchmarks/bench_gpu.py   (-> benchmarks/results/<machine-id>/gpu_check/)
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness.results import results_dir
+
+from cleandift_deploy.runtime.machine import describe_machine
 
 SIZES = {"n": 9216, "m": 9216, "c": 1280}  # two 96x96 maps of SD2.1 us6-level width
 GALLERY = {"n": 1024, "m": 1_700_000, "c": 1280}  # m * c > 2^31: int32 offsets would wrap
@@ -162,11 +165,15 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     """Run every part; a part that fails is recorded, not fatal."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check"))
+    parser.add_argument(
+        "--out", type=Path, help="default: benchmarks/results/<machine-id>/gpu_check"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU; torch sees none here")
-    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name()}
+    machine = describe_machine()
+    out = args.out or results_dir(machine.machine_id()) / "gpu_check"
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "machine": machine.to_dict()}
     for name, part in (
         ("matching", bench_matching),
         ("gallery", bench_gallery),
@@ -177,11 +184,11 @@ def main() -> None:
         except Exception as exc:  # the report says which part failed and why
             results[name] = {"failed": f"{type(exc).__name__}: {exc}"}
         torch.cuda.empty_cache()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_bench.json").write_text(json.dumps(results, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_bench.json").write_text(json.dumps(results, indent=1))
     if isinstance(results["matching"], dict):
         results["matching"] = []
-    (args.out / "gpu_bench.md").write_text(markdown(results))
+    (out / "gpu_bench.md").write_text(markdown(results))
     print(markdown(results))
 
 

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from harness.results import machine_folder
+
+from cleandift_deploy.runtime.machine import cpu_description
+
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "hedlin"
 REFERENCE_STEPS, REFERENCE_CROPS, CORNERS = 129, 20, 4
 CASES: dict[str, dict[str, Any]] = {
@@ -193,16 +194,8 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def _cpu_name() -> str:
-    """ "AMD EPYC (avx512_bf16, no amx)"-style: the model name and the flags that matter here."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
-    flags = set(next((ln for ln in info.splitlines() if ln.startswith("flags")), "").split())
-    bf16 = "avx512_bf16" if "avx512_bf16" in flags else "no avx512_bf16"
-    amx = "amx" if "amx_tile" in flags else "no amx"
-    return f"{name or platform.machine()} ({bf16}, {amx}, {len(os.sched_getaffinity(0))} cores)"
+    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
+    return cpu_description()
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,8 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from harness.results import machine_folder
 
-RESULTS = Path(__file__).parent / "results"
+from cleandift_deploy.runtime.machine import cpu_description
+
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "hyperfeatures"
 SIZES = {"tiny": 64, "sd15": 512}
 
@@ -217,14 +218,8 @@ def write(results: dict[str, Any]) -> None:
 
 
 def machine() -> str:
-    """CPU model, bf16/AMX support and core count, e.g. "AMD EPYC, AVX512_BF16, no AMX, 2 cores"."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
-    flags = set(info.split())
-    parts = [names[0] if names else platform.machine()]
-    parts.append("AVX512_BF16" if "avx512_bf16" in flags else "no AVX512_BF16")
-    parts.append("AMX" if "amx_bf16" in flags else "no AMX")
-    return ", ".join([*parts, f"{os.cpu_count()} cores"])
+    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
+    return cpu_description()
 
 
 def previous(archs: list[str]) -> dict[str, Any]:

@@ -25,13 +25,14 @@ from typing import Any
 
 import psutil
 import torch
+from harness.results import machine_folder
 
 from cleandift_deploy.kernels import match_dense, match_points
 from cleandift_deploy.kernels.api import choose_dense_impl
 from cleandift_deploy.kernels.cpu_features import bf16_gemm_speedup, has_bf16_gemm_isa
 from cleandift_deploy.kernels.reference import reference_match_dense, reference_match_points
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 SEED = 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from harness.results import machine_folder
 from PIL import Image
 from rich.progress import Progress
 
@@ -30,7 +31,7 @@ from cleandift_deploy.export.agreement import THRESHOLDS, tap_agreement
 from cleandift_deploy.models import random_unet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "runtime_backends"
 
 

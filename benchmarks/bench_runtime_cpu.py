@@ -37,8 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from harness.results import machine_folder
 
-RESULTS = Path(__file__).parent / "results"
+from cleandift_deploy.runtime.machine import cpu_description
+
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "runtime_cpu"
 TIMED_CASES = ("torch-fp32", "torch-bf16", "ort-fast", "ov-f32", "ov-bf16")
 MEMORY_CASES = (
@@ -376,23 +379,8 @@ def plot(report: dict[str, object], path: Path) -> None:
 
 
 def machine() -> str:
-    """Processor name, physical cores, and its bf16 units (AMX, AVX512_BF16)."""
-    import psutil
-
-    from cleandift_deploy.kernels.cpu_features import cpu_flags
-
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), ""
-    )
-    flags = cpu_flags()
-    units = [
-        label
-        for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"))
-        if flag in flags
-    ]
-    cores = psutil.cpu_count(logical=False)
-    return f"{name or 'x86_64'}, {cores} cores, {', '.join(units) or 'no bf16 units'}"
+    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
+    return cpu_description()
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import torch
+from harness.results import machine_folder
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
@@ -46,15 +47,16 @@ from cleandift_deploy.export.options import ExportOptions
 from cleandift_deploy.models import random_unet
 from cleandift_deploy.runtime.extract_files import extract_files, plan_jobs
 from cleandift_deploy.runtime.extractor import FeatureExtractor
+from cleandift_deploy.runtime.machine import cpu_description
 from cleandift_deploy.serve.inputs import Limits, decode_image
 from cleandift_deploy.serve.ray_extract import ModelSpec, RayOptions, ray_extract_files
 from cleandift_deploy.serve.ray_session import ray_session
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "serving"
 CLI = Path(sys.executable).parent / "cleandift-deploy"
 READY_TIMEOUT_S = 300.0
-CPU = "AMD EPYC, AVX512_BF16, no AMX, 2 cores"
+CPU = cpu_description()  # measured: runtime.machine, the one machine description
 
 
 def export_tiny(out: Path, size: int) -> Path:

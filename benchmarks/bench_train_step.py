@@ -26,12 +26,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from harness.results import machine_folder
 from rich.progress import track
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "train_step"
 ALL_TAPS = ("mid", "us1", "us2", "us3", "us4", "us5", "us6", "us7", "us8", "us9", "us10")
 CASES: dict[str, dict[str, Any]] = {

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
+from harness.results import machine_folder
 from rich.progress import track
 
-RESULTS = Path(__file__).parent / "results"
+from cleandift_deploy.runtime.machine import cpu_description
+
+RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 JOBS = [(dtype, arch) for dtype in ("fp16", "bf16", "fp32") for arch in (80, 90)]
 
 
@@ -35,11 +36,8 @@ def compile_reports(dtype: str, arch: int) -> list[dict[str, Any]]:
 
 
 def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return platform.machine()
+    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
+    return cpu_description()
 
 
 def markdown(rows: list[dict[str, Any]], versions: dict[str, str]) -> str:

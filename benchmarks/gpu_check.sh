@@ -3,7 +3,8 @@
 #
 # On a GPU machine, from the repository root:
 #     bash benchmarks/gpu_check.sh
-# Results go to $OUT when it is set (the device tool's folder), else benchmarks/results/gpu_check/:
+# Results go to $OUT when it is set (the device tool's folder), else
+# benchmarks/results/<machine-id>/gpu_check/ (the id from cleandift_deploy.runtime.machine):
 #     gpu.txt          nvidia-smi, versions and which optional packages were found
 #     gpu_tests.log    pytest output of the GPU tests (failures and skip reasons included)
 #     gpu_tests.xml    the same as JUnit XML
@@ -31,8 +32,6 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     exit 0
 fi
 
-DEST=${OUT:-benchmarks/results/gpu_check}
-mkdir -p "$DEST"
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/gpu_check_site .whl/*.whl || exit 1
@@ -41,6 +40,9 @@ fi
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 unset TRITON_INTERPRET
+MACHINE_ID=$("$PY" -c "from cleandift_deploy.runtime.machine import describe_machine as d; print(d().machine_id())")
+DEST=${OUT:-benchmarks/results/${MACHINE_ID:-unknown-machine}/gpu_check}
+mkdir -p "$DEST"
 
 {
     date -u
