@@ -87,5 +87,6 @@ def test_errors_leave_no_traceback_in_a_real_process() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: /no/such/model does not exist: " + (
-        "give a diffusers folder or a .safetensors file"
+        "give a model folder, a .safetensors file or a Hugging Face repo id "
+        "(ORG/NAME[:FILE][@REVISION]) that is in the local cache"
     )

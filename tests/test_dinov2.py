@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from export_helpers import run_cli
+from safetensors.torch import load_file
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.export.dinov2_commands import DINO_ARCH_NAMES
@@ -16,6 +17,7 @@ from cleandift_deploy.models.dinov2 import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DinoFeatures,
+    _from_state,
     build_backbone,
     load_dino,
     random_dino,
@@ -47,8 +49,14 @@ def test_token_grid_is_the_pre_norm_block_output_without_cls_and_registers(
         DinoFeatures(loaded, 5)
 
 
+def _hub_state(model: torch.nn.Module, folder: Path) -> dict[str, torch.Tensor]:
+    """The weights as transformers' `save_pretrained` writes them: the hub layout."""
+    model.save_pretrained(folder)  # type: ignore[operator]
+    return load_file(str(folder / "model.safetensors"))
+
+
 def _official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' names -> the official checkpoint's (written out independently)."""
+    """The hub layout's names -> the official checkpoint's (written out independently)."""
     out: dict[str, torch.Tensor] = {
         "cls_token": state["embeddings.cls_token"],
         "pos_embed": state["embeddings.position_embeddings"],
@@ -64,16 +72,15 @@ def _official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for kind in ("weight", "bias"):
             out[f"blocks.{i}.norm1.{kind}"] = state[f"{p}norm1.{kind}"]
             out[f"blocks.{i}.norm2.{kind}"] = state[f"{p}norm2.{kind}"]
-            qkv = [state[f"{p}attention.{n}_proj.{kind}"] for n in "qkv"]
+            qkv = [state[f"{p}attention.attention.{n}.{kind}"] for n in ("query", "key", "value")]
             out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(qkv)
-            out[f"blocks.{i}.attn.proj.{kind}"] = state[f"{p}attention.o_proj.{kind}"]
+            out[f"blocks.{i}.attn.proj.{kind}"] = state[f"{p}attention.output.dense.{kind}"]
             if f"{p}mlp.fc1.{kind}" in state:
                 out[f"blocks.{i}.mlp.fc1.{kind}"] = state[f"{p}mlp.fc1.{kind}"]
                 out[f"blocks.{i}.mlp.fc2.{kind}"] = state[f"{p}mlp.fc2.{kind}"]
             else:
-                gate, up = state[f"{p}mlp.gate_proj.{kind}"], state[f"{p}mlp.up_proj.{kind}"]
-                out[f"blocks.{i}.mlp.w12.{kind}"] = torch.cat([gate, up])
-                out[f"blocks.{i}.mlp.w3.{kind}"] = state[f"{p}mlp.down_proj.{kind}"]
+                out[f"blocks.{i}.mlp.w12.{kind}"] = state[f"{p}mlp.weights_in.{kind}"]
+                out[f"blocks.{i}.mlp.w3.{kind}"] = state[f"{p}mlp.weights_out.{kind}"]
         out[f"blocks.{i}.ls1.gamma"] = state[f"{p}layer_scale1.lambda1"]
         out[f"blocks.{i}.ls2.gamma"] = state[f"{p}layer_scale2.lambda1"]
     return out
@@ -86,8 +93,10 @@ def test_convert_official_checkpoint_round_trip(tmp_path: Path) -> None:
         value.add_(torch.randn_like(value) * 0.01)
     loaded.model.load_state_dict(state)
     pth, out = tmp_path / "dinov2_tiny.pth", tmp_path / "dinov2_tiny.safetensors"
-    torch.save(_official_names(state), pth)
+    hub = _hub_state(loaded.model, tmp_path / "hf")
+    torch.save(_official_names(hub), pth)
     assert run_cli(["convert-dinov2", str(pth), "-o", str(out)]) == 0
+    assert load_file(str(out)).keys() == hub.keys()  # the hub layout, whatever the version
     converted = load_dino(out)
     assert converted.arch == "dinov2_tiny"
     assert not converted.checkpoint_sha256.startswith("random")
@@ -98,13 +107,20 @@ def test_convert_official_checkpoint_round_trip(tmp_path: Path) -> None:
     assert torch.equal(ours, original)
 
 
-def test_convert_splits_swiglu_and_refuses_unknown_keys() -> None:
+def test_convert_keeps_swiglu_fused_and_refuses_unknown_keys(tmp_path: Path) -> None:
     config = {**DINO_ARCHS["dinov2_tiny"].config(), "use_swiglu_ffn": True}
     model = build_backbone(config)
-    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
-    converted = official_to_transformers(_official_names(state))
-    assert converted.keys() == state.keys()
-    assert all(torch.equal(converted[k], state[k]) for k in state)
+    for value in model.state_dict().values():
+        value.copy_(torch.randn_like(value))
+    hub = _hub_state(model, tmp_path / "hf")
+    converted = official_to_transformers(_official_names(hub))
+    assert converted.keys() == hub.keys()
+    assert all(torch.equal(converted[k], hub[k]) for k in hub)
+    reloaded = _from_state(config, converted, "converted")
+    images = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        expected = model.eval()(images).last_hidden_state  # type: ignore[operator]
+        torch.testing.assert_close(reloaded(images).last_hidden_state, expected)
     with pytest.raises(CleanDiftError, match="unknown DINOv2 weight"):
         official_to_transformers({"head.weight": torch.zeros(2)})
 

@@ -12,6 +12,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import CleanDiftError
+from .sources import PICKLE_SUFFIXES
 
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -21,7 +22,6 @@ WEIGHT_NAMES = (
 INDEX_NAMES = tuple(
     name.replace(".safetensors", ".safetensors.index.json") for name in WEIGHT_NAMES
 )
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -93,6 +93,27 @@ def _summarise(keys: list[str], limit: int = 3) -> str:
     return f"{len(keys)} ({shown}{more})"
 
 
+def mismatch_message(
+    what: str, missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]
+) -> str | None:
+    """The one-line refusal for a state dict that does not fit its model (None when it fits)."""
+    parts = [
+        f"{label} {_summarise(sorted(keys))}"
+        for label, keys in (
+            ("missing keys", list(missing)),
+            ("unexpected keys", list(unexpected)),
+            ("shape mismatches", list(mismatched)),
+        )
+        if keys
+    ]
+    if not parts:
+        return None
+    return (
+        f"{what} does not match the architecture: {'; '.join(parts)}. "
+        "Check the checkpoint and the architecture (--arch or the config beside it)"
+    )
+
+
 def load_strict(
     module: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -104,24 +125,17 @@ def load_strict(
     Every key must be present with the module's shape; floating tensors are cast to `dtype`.
     """
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    message = mismatch_message(
+        what,
+        set(expected) - set(state),
+        set(state) - set(expected),
+        (
+            k
+            for k in set(expected) & set(state)
+            if tuple(expected[k].shape) != tuple(state[k].shape)
+        ),
     )
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{label} {_summarise(keys)}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if keys
-        ]
-        raise CleanDiftError(
-            f"{what} does not match the architecture: {'; '.join(parts)}. "
-            "Check the checkpoint and the architecture (--arch or the config beside it)"
-        )
+    if message:
+        raise CleanDiftError(message)
     cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(cast, strict=True, assign=True)

@@ -13,8 +13,9 @@ the one the official weights are converted to by `convert-dinov2`).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import CleanDiftError
-from .checkpoints import load_strict, read_folder_weights, read_safetensors, sha256_of, weight_files
+from .checkpoints import mismatch_message, read_safetensors, sha256_of
 from .shapes import check_multiple
+from .sources import LAYOUTS, resolve_source_files
 
 PATCH = 14
 DINO_TAP = "dino"
@@ -136,6 +138,8 @@ class LoadedDino:
     arch: str
     source: str
     checkpoint_sha256: str
+    origin: dict[str, Any] = field(default_factory=dict)
+    """Hugging Face repo id and commit when resolved from the cache (`ResolvedSource.origin`)."""
 
     @property
     def num_layers(self) -> int:
@@ -152,27 +156,38 @@ def random_dino(arch: str, seed: int = 0) -> LoadedDino:
     return LoadedDino(model.eval(), arch, f"{RANDOM_PREFIX}{arch}", f"{SEED_PREFIX}{seed}")
 
 
-def _identify(state: dict[str, torch.Tensor]) -> str:
-    for name, spec in DINO_ARCHS.items():
-        expected = build_backbone(spec.config(), "meta").state_dict()
-        if expected.keys() == state.keys() and all(
-            expected[k].shape == state[k].shape for k in expected
-        ):
-            return name
+def _arch_of_state(state: dict[str, torch.Tensor], arch: str | None = None) -> str:
+    """The DINOv2 size of bare weights, from tensor shapes only (so every key layout works);
+    a given `arch` must agree with the shapes."""
+    bare = {k.removeprefix("dinov2."): v for k, v in state.items()}
+    cls = bare.get("embeddings.cls_token")
+    layers = {int(k.split(".")[2]) for k in bare if k.startswith("encoder.layer.")}
+    if cls is not None and layers:
+        registers = bare.get("embeddings.register_tokens")
+        found = (
+            int(cls.shape[-1]),
+            max(layers) + 1,
+            0 if registers is None else int(registers.shape[1]),
+            int(bare["embeddings.position_embeddings"].shape[1]) - 1,
+        )
+        names = [
+            name
+            for name, spec in DINO_ARCHS.items()
+            if found
+            == (spec.hidden_size, spec.layers, spec.registers, (spec.position_size // PATCH) ** 2)
+        ]
+        if arch is not None and names and arch not in names:
+            raise CleanDiftError(
+                f"these DINOv2 weights are {names[0]}, not --arch {arch}: drop --arch or fix it"
+            )
+        if arch is not None or names:
+            return arch or names[0]
+    if arch is not None:
+        return arch
     raise CleanDiftError(
         "cannot tell the DINOv2 size of these weights: pass --arch "
         f"({', '.join(DINO_ARCHS)}) or put transformers' config.json beside them"
     )
-
-
-def _folder_config(folder: Path) -> dict[str, Any]:
-    try:
-        config = dict(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError) as err:
-        raise CleanDiftError(f"cannot read {folder / 'config.json'} ({err})") from None
-    if config.get("model_type") not in (None, "dinov2", "dinov2_with_registers"):
-        raise CleanDiftError(f"{folder} holds a {config['model_type']} model, not DINOv2")
-    return config
 
 
 def _arch_of_config(config: dict[str, Any]) -> str:
@@ -184,24 +199,108 @@ def _arch_of_config(config: dict[str, Any]) -> str:
     return "dinov2_custom"
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' load report and progress bar off while we load: a mismatch becomes our one-
+    line error instead of a table on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    except (RuntimeError, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CleanDiftError(
+            f"transformers could not load these DINOv2 weights: {reason}"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _model_class(registers: bool) -> Any:
+    from transformers import Dinov2Model, Dinov2WithRegistersModel
+
+    return Dinov2WithRegistersModel if registers else Dinov2Model
+
+
+def _checked(loaded: tuple[Any, dict[str, Any]], what: str) -> nn.Module:
+    """The model of `from_pretrained(..., output_loading_info=True)`, strictly: every weight
+    present and used (transformers itself only warns and initialises missing ones randomly)."""
+    model, info = loaded
+    message = mismatch_message(
+        what,
+        info.get("missing_keys", ()),
+        info.get("unexpected_keys", ()),
+        (str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())),
+    )
+    if message:
+        raise CleanDiftError(message)
+    return model.to(torch.float32).eval()
+
+
+def _from_folder(folder: Path, config: dict[str, Any]) -> nn.Module:
+    """A transformers folder through `from_pretrained`: its key conversion reads the hub layout
+    (`attention.attention.query`, written by `save_pretrained` in 4.x and 5.x alike) and the
+    in-memory names of the installed version; safetensors only, local files only."""
+    cls = _model_class(bool(config.get("num_register_tokens", 0)))
+    with _quiet_transformers():
+        loaded = cls.from_pretrained(
+            str(folder),
+            local_files_only=True,
+            use_safetensors=True,
+            attn_implementation="sdpa",
+            output_loading_info=True,
+        )
+    return _checked(loaded, f"DINOv2 folder {folder}")
+
+
+def _from_state(config: dict[str, Any], state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Bare weights through transformers' loading (and so its key conversion) with our config."""
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig
+
+    public = {k: v for k, v in config.items() if not k.startswith("_")}
+    registers = bool(public.get("num_register_tokens", 0))
+    if not registers:
+        public.pop("num_register_tokens", None)
+    config_class = Dinov2WithRegistersConfig if registers else Dinov2Config
+    with _quiet_transformers():
+        loaded = _model_class(registers).from_pretrained(
+            None,
+            config=config_class(**public),
+            state_dict=state,
+            attn_implementation="sdpa",
+            output_loading_info=True,
+        )
+    return _checked(loaded, what)
+
+
 def load_dino(source: str | Path, *, arch: str | None = None) -> LoadedDino:
-    """DINOv2 weights from a transformers folder (config.json + safetensors) or one safetensors
-    file with transformers' key names (e.g. written by `convert-dinov2`); pickles are refused."""
-    path = Path(source)
-    if not path.exists():
-        raise CleanDiftError(f"{path} does not exist: give a DINOv2 folder or .safetensors file")
-    if path.is_dir():
-        config = _folder_config(path)
-        state, files = read_folder_weights(path), weight_files(path)
+    """DINOv2 weights from a transformers folder (config.json + safetensors, as `save_pretrained`
+    and the hub write them) or one safetensors file with transformers' key names (e.g. written
+    by `convert-dinov2`), as a path or a cached Hugging Face repo id; pickles are refused. Both
+    go through transformers' own loading, so every key layout it knows loads."""
+    resolved = resolve_source_files(source)
+    path = resolved.path
+    if resolved.layout == "transformers-dinov2":
+        files = resolved.weight_files  # refuses pickle-only folders before transformers looks
+        config = resolved.config() or {}
         name = arch or _arch_of_config(config)
+        model = _from_folder(path, config)
+    elif path.is_file():
+        state = read_safetensors(path)
+        name = _arch_of_state(state, arch)
+        model = _from_state(get_dino_arch(name).config(), state, f"DINOv2 weights {path.name}")
+        files = [path]
     else:
-        state, files = read_safetensors(path), [path]
-        state = {k.removeprefix("dinov2."): v for k, v in state.items()}
-        name = arch or _identify(state)
-        config = get_dino_arch(name).config()
-    model = build_backbone(config, "meta")
-    load_strict(model, state, f"DINOv2 weights {path.name}")
-    return LoadedDino(model.eval(), name, str(path), sha256_of(files))
+        raise CleanDiftError(
+            f"{source} is a {LAYOUTS.get(resolved.layout, resolved.layout)}, not DINOv2 weights: "
+            "give a transformers DINOv2 folder or a .safetensors file"
+        )
+    return LoadedDino(model, name, resolved.pinned, sha256_of(files), resolved.origin())
 
 
 def resolve_dino(
@@ -215,7 +314,10 @@ def resolve_dino(
             raise CleanDiftError(f"--random-init needs --arch ({', '.join(DINO_ARCHS)})")
         return random_dino(arch, seed)
     if source is None:
-        raise CleanDiftError("give DINOv2 weights (folder or .safetensors), or --random-init")
+        raise CleanDiftError(
+            "give DINOv2 weights (folder, .safetensors or cached Hugging Face repo id), "
+            "or --random-init"
+        )
     return load_dino(source, arch=arch)
 
 

@@ -1,4 +1,9 @@
-"""`convert-dinov2`: the official DINOv2 `.pth` checkpoints to safetensors with transformers' names.
+"""`convert-dinov2`: the official DINOv2 `.pth` checkpoints to safetensors in the hub's layout.
+
+The names written are those of the `facebook/dinov2-*` folders on the hub and of transformers'
+`save_pretrained` (`attention.attention.query`, `attention.output.dense`, `mlp.weights_in`, ...):
+every supported transformers version reads that layout (5.x converts it to its renamed in-memory
+modules on load), so a file converted under one version loads under another.
 
 The official files are pickles. This explicit step is the only place one is opened, and only with
 `torch.load(weights_only=True)`, which restores tensors and refuses code; everything else in the
@@ -30,18 +35,23 @@ _TOP = {
 _IN_BLOCK = {
     "norm1": "norm1",
     "norm2": "norm2",
-    "attn.proj": "attention.o_proj",
+    "attn.proj": "attention.output.dense",
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
-    "mlp.w3": "mlp.down_proj",
+    "mlp.w12": "mlp.weights_in",
+    "mlp.w3": "mlp.weights_out",
     "ls1.gamma": "layer_scale1.lambda1",
     "ls2.gamma": "layer_scale2.lambda1",
 }
 _SPLIT = {
-    "attn.qkv": ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
-    "mlp.w12": ("mlp.gate_proj", "mlp.up_proj"),
+    "attn.qkv": (
+        "attention.attention.query",
+        "attention.attention.key",
+        "attention.attention.value",
+    ),
 }
-"""Fused official weights split along the output axis, in this order."""
+"""Fused official weights split along the output axis, in this order (the SwiGLU `w12` stays
+fused: the hub layout keeps it as `weights_in`)."""
 
 
 def _block_keys(index: str, rest: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -59,7 +69,7 @@ def _block_keys(index: str, rest: str, tensor: torch.Tensor) -> dict[str, torch.
 
 
 def official_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official (facebookresearch/dinov2) key names and fused tensors -> transformers' names."""
+    """Official (facebookresearch/dinov2) key names and fused tensors -> the hub layout."""
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         match = _BLOCK.match(key)

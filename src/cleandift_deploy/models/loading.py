@@ -1,10 +1,11 @@
-"""Loading UNets and VAEs: local diffusers folders, CleanDIFT `*_unet` / `*_full` safetensors,
-or random weights from a named architecture for size and speed work."""
+"""Loading UNets and VAEs: diffusers folders, CleanDIFT `*_unet` / `*_full` safetensors (local
+paths or Hugging Face repo ids from the local cache, resolved by `sources`), or random weights
+from a named architecture for size and speed work."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from ..errors import CleanDiftError
 from .checkpoints import load_strict, read_folder_weights, read_safetensors, sha256_of, weight_files
 from .configs import ARCHS, get_arch
 from .feature_unet import DEFAULT_TIMESTEP
+from .sources import FULL_PREFIX, resolve_source_files
 
-FULL_PREFIX = "unet_feature_extractor_cleandift."
-"""Key prefix of the student UNet inside a CleanDIFT `*_full` (whole aligner) checkpoint."""
+__all__ = ["FULL_PREFIX"]  # re-exported: the key prefix lives with the layout detection
 FULL_TIMESTEP_KEY = "timestep"
 _IDENTITY_DEFAULTS: dict[str, Any] = {
     "block_out_channels": None,
@@ -40,6 +41,8 @@ class LoadedUNet:
     learned_timestep: float | None = None
     root: Path | None = None
     """The pipeline folder that may also hold `vae/`, `text_encoder/` and `tokenizer/`."""
+    origin: dict[str, Any] = field(default_factory=dict)
+    """Hugging Face repo id and commit when resolved from the cache (`ResolvedSource.origin`)."""
 
     @property
     def timestep(self) -> float:
@@ -144,15 +147,21 @@ def _split_full(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return unet_state, None if timestep is None else float(timestep.float().reshape(-1)[0])
 
 
+DINO_LAYOUTS = ("transformers-dinov2", "dinov2-safetensors")
+
+
 def load_unet(
     source: str | Path, *, arch: str | None = None, dtype: torch.dtype = torch.float32
 ) -> LoadedUNet:
     """Load a UNet strictly from a diffusers folder (pipeline or `unet/`) or a CleanDIFT
-    `*_unet.safetensors` / `*_full.safetensors` file. Pickle files are refused."""
-    path = Path(source)
-    if not path.exists():
+    `*_unet.safetensors` / `*_full.safetensors` file, given as a path or a cached Hugging Face
+    repo id (`sources.resolve_source_files`). Pickle files are refused."""
+    resolved = resolve_source_files(source)
+    path = resolved.path
+    if resolved.layout in DINO_LAYOUTS:
         raise CleanDiftError(
-            f"{path} does not exist: give a diffusers folder or a .safetensors file"
+            f"{source} holds DINOv2 weights, not a UNet: give it to export-dinov2 "
+            "(or the method's DINOv2 source)"
         )
     if path.is_dir():
         unet_dir = _unet_folder(path)
@@ -166,7 +175,13 @@ def load_unet(
     unet = build_unet(config, "meta")
     load_strict(unet, state, f"checkpoint {path.name}", dtype)
     return LoadedUNet(
-        unet.eval(), identify_arch(config), str(path), sha256_of(files), timestep, root
+        unet.eval(),
+        identify_arch(config),
+        resolved.pinned,
+        sha256_of(files),
+        timestep,
+        root,
+        resolved.origin(),
     )
 
 
@@ -207,6 +222,7 @@ def resolve_source(
         return random_unet(arch, seed, device)
     if source is None:
         raise CleanDiftError(
-            "give a SOURCE (diffusers folder or .safetensors), or --arch with --random-init"
+            "give a SOURCE (diffusers folder, .safetensors or cached Hugging Face repo id), "
+            "or --arch with --random-init"
         )
     return load_unet(source, arch=arch)
