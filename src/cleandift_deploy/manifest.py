@@ -82,6 +82,11 @@ class Manifest:
     random; empty for clean latents."""
     freeu: dict[str, float] = field(default_factory=dict)
     """FreeU factors b1, b2, s1, s2; empty when off."""
+    origin: dict[str, Any] = field(default_factory=dict)
+    """Where the weights came from when `source` is a Hugging Face repo id resolved from the
+    local cache: `hub_repo`, `revision` (the snapshot's commit), `file`, `requested_revision`.
+    Empty for local paths and random weights; `checkpoint_sha256` identifies the bytes either
+    way. Older manifests without it read as empty."""
     toolkit_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -28,6 +28,7 @@ from ..models.dinov2 import (
     load_dino,
     random_dino,
 )
+from ..models.sources import find_recorded
 from .agreement import as_record, compare_outputs, failures
 from .artifact_files import (
     publish,
@@ -99,6 +100,7 @@ def dino_manifest(
         arch=loaded.arch,
         source=loaded.source,
         checkpoint_sha256=loaded.checkpoint_sha256,
+        origin=dict(loaded.origin),
         taps=[TapInfo(DINO_TAP, module.channels, PATCH)],
         input=DINO_INPUT,
         batch=plan.batch,
@@ -134,12 +136,10 @@ def dino_source_of(manifest: Manifest, source: str | Path | None = None) -> Load
     if source is None and manifest.source.startswith(RANDOM_PREFIX):
         seed = int(manifest.checkpoint_sha256.removeprefix(SEED_PREFIX))
         return random_dino(manifest.arch, seed)
-    path = Path(source or manifest.source)
-    if not path.exists():
-        raise CleanDiftError(
-            f"the DINOv2 weights {path} are not on this machine: pass them as the reference source"
-        )
-    loaded = load_dino(path, arch=manifest.arch if manifest.arch in DINO_ARCHS else None)
+    where = str(source or manifest.source)
+    if source is None:
+        find_recorded(where, "the DINOv2 weights", "pass them as the reference source")
+    loaded = load_dino(where, arch=manifest.arch if manifest.arch in DINO_ARCHS else None)
     if loaded.checkpoint_sha256 != manifest.checkpoint_sha256:
         raise CleanDiftError(
             f"{loaded.source} is not the DINOv2 checkpoint the artifact was exported from "

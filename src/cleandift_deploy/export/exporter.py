@@ -65,6 +65,7 @@ def _manifest(
         arch=loaded.arch,
         source=loaded.source,
         checkpoint_sha256=loaded.checkpoint_sha256,
+        origin=dict(loaded.origin),
         taps=module.output_infos(loaded.unet.config),
         input=input_info(options.vae),
         batch=plan.batch,

@@ -95,15 +95,14 @@ def unet_for(info: AggregatorInfo, source: str | Path | None = None) -> LoadedUN
     weights are rebuilt from their seed); a different checkpoint is refused."""
     from ..models import ARCHS, random_unet
     from ..models.loading import resolve_source
+    from ..models.sources import find_recorded
 
     if source is None and info.source.startswith(RANDOM_SOURCE):
         seed = info.checkpoint_sha256.removeprefix(RANDOM_SEED)
         return random_unet(info.arch, int(seed) if seed.isdigit() else 0)
     where = source or info.source
-    if source is None and not Path(where).exists():
-        raise CleanDiftError(
-            f"the UNet {where} the network was trained on is not on this machine: pass --source"
-        )
+    if source is None:
+        find_recorded(str(where), "the UNet the network was trained on", "pass --source")
     loaded = resolve_source(where, arch=info.arch if info.arch in ARCHS else None)
     if loaded.checkpoint_sha256 != info.checkpoint_sha256:
         raise CleanDiftError(

@@ -331,3 +331,15 @@ def resolve_source_files(source: str | Path) -> ResolvedSource:
             "repo id (ORG/NAME[:FILE][@REVISION]) that is in the local cache"
         )
     return _resolve_hub(text, ref)
+
+
+def find_recorded(source: str, what: str, hint: str) -> ResolvedSource:
+    """Find the weights a manifest (or another record) names, the same way they were first
+    resolved: a path, or a repo id pinned to its commit, from the local cache only.
+
+    Fails in one line saying `what` is not on this machine, why, and `hint` (what to pass
+    instead)."""
+    try:
+        return resolve_source_files(source)
+    except CleanDiftError as err:
+        raise CleanDiftError(f"{what} {source} is not on this machine ({err}); {hint}") from None

@@ -7,7 +7,6 @@ prompt and input contract), after checking that the checkpoint is the one the ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import CleanDiftError
 from ..export.exporter import input_info, package_versions
@@ -20,6 +19,7 @@ from ..models.dinov2 import PATCH, DinoFeatures, LoadedDino, default_dino_size
 from ..models.freeu import FreeU
 from ..models.loading import LoadedUNet, resolve_source
 from ..models.noise import NoiseSpec
+from ..models.sources import find_recorded
 from .torch_backend import TorchBackend
 
 UNBOUNDED_BATCH = 1 << 16
@@ -62,11 +62,11 @@ def source_of(manifest: Manifest) -> LoadedUNet:
     ):
         seed = int(manifest.checkpoint_sha256[len(_SEED_PREFIX) :])
         return random_unet(manifest.source[len(_RANDOM_PREFIX) :], seed)
-    if not Path(manifest.source).exists():
-        raise CleanDiftError(
-            f"the model's checkpoint {manifest.source} is not on this machine: "
-            "pass the checkpoint as the source for the PyTorch backend"
-        )
+    find_recorded(
+        manifest.source,
+        "the model's checkpoint",
+        "pass the checkpoint as the source for the PyTorch backend",
+    )
     loaded = resolve_source(manifest.source, arch=manifest.arch if manifest.arch in ARCHS else None)
     check_same_checkpoint(loaded, manifest)
     return loaded
@@ -90,6 +90,7 @@ def reference_manifest(loaded: LoadedUNet, spec: ReferenceSpec, timestep: float)
         arch=loaded.arch,
         source=loaded.source,
         checkpoint_sha256=loaded.checkpoint_sha256,
+        origin=dict(loaded.origin),
         taps=tap_infos(loaded.unet.config, spec.taps),
         input=input_info(spec.vae),
         batch=ShapeRange(1, 1, UNBOUNDED_BATCH),
