@@ -3,6 +3,8 @@ the ResNet's conv2), and small test configs."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,3 +63,25 @@ def hooked_taps(
         for handle in handles:
             handle.remove()
     return captured
+
+
+def tiny_text_pipeline(root: Path) -> None:
+    """A tokenizer with a vocabulary made here and a tiny random CLIP text encoder, written as a
+    pipeline's `tokenizer/` and `text_encoder/` under `root`."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for char in "abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77
+    )
+    tokenizer.save_pretrained(str(root / "tokenizer"))
+    config = CLIPTextConfig(**TINY.text_encoder, bos_token_id=52, eos_token_id=53, pad_token_id=53)
+    torch.manual_seed(5)
+    CLIPTextModel(config).save_pretrained(str(root / "text_encoder"), safe_serialization=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from model_helpers import tiny_text_pipeline
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.models import (
@@ -18,7 +18,6 @@ from cleandift_deploy.models import (
     load_vae,
     prompt_embedding,
 )
-from cleandift_deploy.models.configs import TINY
 
 
 @pytest.fixture(scope="module")
@@ -67,27 +66,8 @@ def test_bad_images_fail_in_one_line(vae, tiny, shape, message) -> None:
         model(torch.rand(shape))
 
 
-def _tiny_text_pipeline(root: Path) -> None:
-    """A tokenizer with a vocabulary made here and a tiny random CLIP text encoder."""
-    vocab: dict[str, int] = {}
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77
-    )
-    tokenizer.save_pretrained(str(root / "tokenizer"))
-    config = CLIPTextConfig(**TINY.text_encoder, bos_token_id=52, eos_token_id=53, pad_token_id=53)
-    torch.manual_seed(5)
-    CLIPTextModel(config).save_pretrained(str(root / "text_encoder"), safe_serialization=True)
-
-
 def test_prompt_embedding_from_a_local_text_encoder(tmp_path: Path) -> None:
-    _tiny_text_pipeline(tmp_path)
+    tiny_text_pipeline(tmp_path)
     cat = encode_prompt(tmp_path, "a photo of a cat")
     assert cat.shape == (1, 77, 32)
     tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))

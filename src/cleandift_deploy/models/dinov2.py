@@ -13,7 +13,7 @@ the one the official weights are converted to by `convert-dinov2`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,19 +156,19 @@ def random_dino(arch: str, seed: int = 0) -> LoadedDino:
     return LoadedDino(model.eval(), arch, f"{RANDOM_PREFIX}{arch}", f"{SEED_PREFIX}{seed}")
 
 
-def _arch_of_state(state: dict[str, torch.Tensor], arch: str | None = None) -> str:
-    """The DINOv2 size of bare weights, from tensor shapes only (so every key layout works);
-    a given `arch` must agree with the shapes."""
-    bare = {k.removeprefix("dinov2."): v for k, v in state.items()}
+def dino_arch_of_shapes(shapes: Mapping[str, Sequence[int]], arch: str | None = None) -> str:
+    """The DINOv2 size of bare weights from their tensor shapes only (a safetensors header is
+    enough, and every key layout works); a given `arch` must agree with the shapes."""
+    bare = {k.removeprefix("dinov2."): tuple(v) for k, v in shapes.items()}
     cls = bare.get("embeddings.cls_token")
     layers = {int(k.split(".")[2]) for k in bare if k.startswith("encoder.layer.")}
     if cls is not None and layers:
         registers = bare.get("embeddings.register_tokens")
         found = (
-            int(cls.shape[-1]),
+            int(cls[-1]),
             max(layers) + 1,
-            0 if registers is None else int(registers.shape[1]),
-            int(bare["embeddings.position_embeddings"].shape[1]) - 1,
+            0 if registers is None else int(registers[1]),
+            int(bare["embeddings.position_embeddings"][1]) - 1,
         )
         names = [
             name
@@ -190,7 +190,7 @@ def _arch_of_state(state: dict[str, torch.Tensor], arch: str | None = None) -> s
     )
 
 
-def _arch_of_config(config: dict[str, Any]) -> str:
+def dino_arch_of_config(config: dict[str, Any]) -> str:
     for name, spec in DINO_ARCHS.items():
         ours = spec.config()
         same = all(config.get(k, ours[k]) == ours[k] for k in ("hidden_size", "num_hidden_layers"))
@@ -288,11 +288,11 @@ def load_dino(source: str | Path, *, arch: str | None = None) -> LoadedDino:
     if resolved.layout == "transformers-dinov2":
         files = resolved.weight_files  # refuses pickle-only folders before transformers looks
         config = resolved.config() or {}
-        name = arch or _arch_of_config(config)
+        name = arch or dino_arch_of_config(config)
         model = _from_folder(path, config)
     elif path.is_file():
         state = read_safetensors(path)
-        name = _arch_of_state(state, arch)
+        name = dino_arch_of_shapes(resolved.shapes or {k: v.shape for k, v in state.items()}, arch)
         model = _from_state(get_dino_arch(name).config(), state, f"DINOv2 weights {path.name}")
         files = [path]
     else:

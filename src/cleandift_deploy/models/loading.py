@@ -5,6 +5,7 @@ from a named architecture for size and speed work."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,16 +127,25 @@ def _config_for_file(
     for candidate in (folder / "config.json", folder / "unet" / "config.json"):
         if candidate.is_file():
             return _read_config(candidate)
-    for spec in ARCHS.values():
-        expected = build_unet(spec.unet_config(), "meta").state_dict()
-        if expected.keys() == state.keys() and all(
-            expected[k].shape == state[k].shape for k in expected
-        ):
-            return spec.unet_config()
+    name = unet_arch_of_shapes({k: tuple(v.shape) for k, v in state.items()})
+    if name is not None:
+        return get_arch(name).unet_config()
     raise CleanDiftError(
         f"cannot tell the architecture of {path.name}: pass --arch ({', '.join(ARCHS)}) "
         "or put the UNet's config.json beside it"
     )
+
+
+def unet_arch_of_shapes(shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """The known architecture whose UNet state dict has exactly these names and shapes (a
+    safetensors header is enough), else None."""
+    for name, spec in ARCHS.items():
+        expected = build_unet(spec.unet_config(), "meta").state_dict()
+        if expected.keys() == shapes.keys() and all(
+            tuple(expected[k].shape) == tuple(shapes[k]) for k in expected
+        ):
+            return name
+    return None
 
 
 def _split_full(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float | None]:

@@ -90,8 +90,8 @@ class ResolvedSource:
     requested_revision: str | None = None
     filename: str | None = None
     cache_dir: Path | None = None
-    keys: tuple[str, ...] = field(default=(), repr=False)
-    """Tensor names of a single safetensors file (read from its header only)."""
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    """Tensor names and shapes of a single safetensors file (read from its header only)."""
 
     @property
     def from_hub(self) -> bool:
@@ -252,9 +252,9 @@ def _resolve_hub(text: str, ref: HubRef) -> ResolvedSource:
             f"{filename} is not in the cached snapshot {commit[:12]} of {ref.repo_id} ({cache}): "
             f"on a connected machine run `{ref.fetch_command()}`"
         )
-    layout, keys = detect_layout(path)
+    layout, shapes = detect_layout(path)
     return ResolvedSource(
-        text, path, layout, ref.repo_id, commit, ref.revision, filename, cache, keys
+        text, path, layout, ref.repo_id, commit, ref.revision, filename, cache, shapes
     )
 
 
@@ -272,24 +272,28 @@ def _default_file(snapshot: Path, ref: HubRef, commit: str) -> str | None:
     )
 
 
-def _file_layout(path: Path) -> tuple[str, tuple[str, ...]]:
-    if path.suffix in PICKLE_SUFFIXES:
-        return "pickle", ()
-    try:
-        from safetensors import safe_open
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
+    from safetensors import safe_open
 
-        with safe_open(str(path), framework="numpy") as handle:
-            keys = tuple(handle.keys())
+    with safe_open(str(path), framework="numpy") as handle:
+        return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+
+
+def _file_layout(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
+    if path.suffix in PICKLE_SUFFIXES:
+        return "pickle", {}
+    try:
+        shapes = header_shapes(path)
     except Exception:  # corrupt or not safetensors: the loader says so in its own words
-        return "safetensors", ()
-    if any(k.startswith(FULL_PREFIX) for k in keys):
-        return "cleandift-full", keys
-    bare = {k.removeprefix("dinov2.") for k in keys}
-    if "embeddings.cls_token" in bare:
-        return "dinov2-safetensors", keys
-    if "conv_in.weight" in keys:
-        return "unet-safetensors", keys
-    return "safetensors", keys
+        return "safetensors", {}
+    if any(k.startswith(FULL_PREFIX) for k in shapes):
+        return "cleandift-full", shapes
+    if any(k.removeprefix("dinov2.") == "embeddings.cls_token" for k in shapes):
+        return "dinov2-safetensors", shapes
+    if "conv_in.weight" in shapes:
+        return "unet-safetensors", shapes
+    return "safetensors", shapes
 
 
 def _folder_layout(path: Path) -> str:
@@ -306,11 +310,11 @@ def _folder_layout(path: Path) -> str:
     return "folder"
 
 
-def detect_layout(path: Path) -> tuple[str, tuple[str, ...]]:
-    """The layout of a local file or folder (and a single file's tensor names), reading only
+def detect_layout(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """The layout of a local file or folder (and a single file's tensor shapes), reading only
     configs and safetensors headers."""
     if path.is_dir():
-        return _folder_layout(path), ()
+        return _folder_layout(path), {}
     return _file_layout(path)
 
 
@@ -322,8 +326,8 @@ def resolve_source_files(source: str | Path) -> ResolvedSource:
     text = str(source)
     path = Path(text).expanduser()
     if path.exists():
-        layout, keys = detect_layout(path)
-        return ResolvedSource(text, path, layout, keys=keys)
+        layout, shapes = detect_layout(path)
+        return ResolvedSource(text, path, layout, shapes=shapes)
     ref = parse_hub_ref(text)
     if ref is None:
         raise CleanDiftError(
