@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-isa test-slow lint bench bench-quick bench-index clean
+.PHONY: demo test test-isa test-slow lint docs bench bench-quick bench-index clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ lint: $(STAMP)
 # are regenerated. `bench` runs everything (hours on 2 cores; the estimate prints first),
 # `bench-quick` one small size per benchmark (a few minutes). On a shared machine set
 # BENCH_BUSY="why" to mark the figures busy.
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: broken links and missing pages fail.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/suite.py
 
@@ -55,4 +59,4 @@ bench-index: $(STAMP)
 	$(BIN)/python benchmarks/suite.py --index
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

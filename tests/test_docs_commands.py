@@ -6,13 +6,21 @@ A fenced block is runnable when the line just before its opening fence is `<!-- 
 is executed as it stands. Each file's runnable blocks run in order, in a fresh temporary folder,
 in this process (the CLI's `main`, so torch is imported once), and every command must exit 0.
 Commands that need a GPU, a server in the foreground or real weights are simply not marked.
+
+Pages repeat the same first steps (the tiny export, the synthetic set). The folder a sequence of
+commands leaves is saved after each command; a page whose steps so far equal another's starts from
+that saved folder instead of running them again (python blocks always run, their names being
+shared with later blocks of the page). A page therefore sees exactly the files its own commands
+make, and the suite pays for each distinct step once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,18 +107,63 @@ def run_cli(argv: list[str], where: str, capsys: pytest.CaptureFixture[str]) -> 
     assert code in (0, None), f"{where}: `{PROGRAM} {shlex.join(argv)}` exited {code}\n{out.err}"
 
 
-def run_file(path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+class Snapshots:
+    """The folder left by each sequence of steps run so far, keyed by the steps' text."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.saved: dict[tuple[str, ...], Path] = {}
+        self.count = 0
+
+    def save(self, key: tuple[str, ...], folder: Path) -> None:
+        """Keep a copy of the folder as the steps in `key` left it."""
+        self.count += 1
+        copy = self.root / str(self.count)
+        shutil.copytree(folder, copy, symlinks=True)
+        self.saved[key] = copy
+
+    def restore(self, key: tuple[str, ...], folder: Path) -> None:
+        """Make the folder what the steps in `key` left (its contents replaced)."""
+        for child in folder.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        shutil.copytree(self.saved[key], folder, symlinks=True, dirs_exist_ok=True)
+
+
+def run_file(
+    path: Path,
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+    snapshots: Snapshots | None = None,
+) -> None:
     """Every runnable block of one page, in order, in one folder."""
+    history: tuple[str, ...] = ()
+    behind: tuple[str, ...] | None = None  # steps skipped since the folder was last brought up
+    names: dict[str, object] = {"__name__": "__docs__"}
     with inside(folder):
         for block in runnable_blocks(path):
-            if block.language == "bash":
-                for argv in commands(block):
-                    run_cli(argv, block.where, capsys)
-            elif block.language == "python":
-                code = compile(block.text, block.where, "exec")
-                exec(code, {"__name__": "__docs__"})
-            else:
+            if block.language not in ("bash", "python"):
                 raise AssertionError(f"{block.where}: cannot run a {block.language!r} block")
+            steps = commands(block) if block.language == "bash" else [None]
+            for argv in steps:
+                history += (block.text if argv is None else shlex.join(argv),)
+                if argv is not None and snapshots is not None and history in snapshots.saved:
+                    behind = history
+                    continue
+                if behind is not None and snapshots is not None:
+                    snapshots.restore(behind, folder)
+                    behind = None
+                if argv is None:
+                    exec(compile(block.text, block.where, "exec"), names)
+                else:
+                    run_cli(argv, block.where, capsys)
+                if snapshots is not None:
+                    snapshots.save(history, folder)
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Snapshots:
+    """One store of saved folders for all pages of this module."""
+    return Snapshots(tmp_path_factory.mktemp("docs-snapshots"))
 
 
 PAGES = [p for p in doc_files() if runnable_blocks(p)]
@@ -136,13 +189,47 @@ def test_a_failing_command_fails(tmp_path: Path, capsys: pytest.CaptureFixture[s
     """A documented command that exits non-zero fails the test, naming the page and line."""
     page = tmp_path / "page.md"
     page.write_text(f"{MARKER}\n```bash\n{PROGRAM} info --arch nope\n```\n", encoding="utf-8")
-    with pytest.raises(AssertionError, match="page.md:1"):
+    with pytest.raises(AssertionError, match=re.escape("page.md:1")):
         run_file(page, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[shown(p) for p in PAGES])
 def test_runnable_commands_run(
-    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], snapshots: Snapshots
 ) -> None:
     """Each page's runnable commands, in order, in an empty folder: every one exits 0."""
-    run_file(path, tmp_path, capsys)
+    run_file(path, tmp_path, capsys, snapshots)
+
+
+def test_a_saved_folder_is_what_the_steps_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page sharing another's first steps starts from their folder, then runs its own steps."""
+    store = Snapshots(tmp_path / "store")
+    store.root.mkdir()
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    make = f"{PROGRAM} eval make-synthetic --out syn --pairs 1 --max-side 64"
+    first.write_text(f"{MARKER}\n```bash\n{make}\n```\n", encoding="utf-8")
+    second.write_text(
+        f"{MARKER}\n```bash\n{make}\n```\n{MARKER}\n```python\n"
+        "from pathlib import Path\nassert Path('syn/JPEGImages').is_dir()\n```\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_file(first, tmp_path / "a", capsys, store)
+    assert len(store.saved) == 1
+    run_file(
+        second, tmp_path / "b", capsys, store
+    )  # the command is not run again, its files are there
+    assert len(store.saved) == 2
+
+
+def test_the_readme_links_to_files_that_exist() -> None:
+    """`make docs` checks the site's links; the README (read on GitHub) is checked here."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links to its documentation pages"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
