@@ -23,7 +23,13 @@ from types import ModuleType
 
 import torch
 
-from ._checks import check_features, check_points, check_same_channels, check_size
+from ._checks import (
+    check_features,
+    check_finite,
+    check_points,
+    check_same_channels,
+    check_size,
+)
 from .cpu_features import prefers_bf16_gemm
 from .dense_cpu import blocked_match_dense
 from .dense_prefilter import prefilter_match_dense
@@ -77,6 +83,7 @@ def match_points(
     check_features(src, "src", 3, "[C, h, w]")
     check_features(tgt, "tgt", 3, "[C, h2, w2]")
     check_same_channels(src, tgt, 0, 0)
+    check_finite({"src": src, "tgt": tgt})
     src_size, tgt_size = check_size(src_size, "src_size"), check_size(tgt_size, "tgt_size")
     check_points(points, src_size)
     _choice(upsample, UPSAMPLE_MODES, "upsample")
@@ -104,6 +111,7 @@ def match_dense(
     check_features(a, "a", 2, "[N, C]")
     check_features(b, "b", 2, "[M, C]")
     check_same_channels(a, b, 1, 1)
+    check_finite({"a": a, "b": b})
     _choice(impl, DENSE_IMPLS, "impl")
     if not 1 <= k <= b.shape[0]:
         raise ValueError(f"k must be between 1 and the number of rows of b ({b.shape[0]}), got {k}")

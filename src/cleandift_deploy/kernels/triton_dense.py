@@ -5,10 +5,14 @@ Program (i, j) owns ``BLOCK_N`` rows of ``a`` and sweeps the j-th slice of ``b``
 accumulates raw dot products in float32, the epilogue multiplies by the two inverse norms
 (float32, precomputed in one cheap pass) and folds the tile into the row maximum and argmax held
 in registers, written once per slice. With ``COLUMNS`` set (mutual matching) each program also
-writes its tiles' column maximum and argmax to a [row blocks, M] partial buffer. A small
-deterministic second pass reduces the partials. Ties resolve to the first index everywhere (left
-tie-break inside a tile, strictly greater across tiles, smallest index among equal partials),
-like ``torch.argmax``.
+folds its tiles' column maximum and argmax into one int64 key per column of ``b`` with
+``atomic_max``: the key orders by score, then by the smaller row index, so the result does not
+depend on the order the programs run in, and the column buffer is [M] whatever N is (a
+[row blocks, M] partial buffer grows as N x M: 180 GB for 1.7M x 1.7M). Row partials are
+[slices, N], and slices are few (about 4 programs per SM). A small deterministic second pass
+reduces the row partials. Ties resolve to the first index everywhere (left tie-break inside a
+tile, strictly greater across tiles, smallest index among equal partials or keys), like
+``torch.argmax``.
 
 GPU details: every pointer offset is computed in int64 (``rows * stride`` wraps in int32 from
 2^31 elements, e.g. 1.68M rows at C=1280); launches run under the inputs' device; float32 inputs
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -63,6 +68,17 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def _column_key(val, row):
+    """An int64 whose signed order is (score, then the SMALLER row): the float's bits made
+    monotonic (negative floats get their 31 low bits flipped; -0.0 counts as +0.0), shifted
+    up, with ``KEY_LOW - row`` below."""
+    bits = val.to(tl.int32, bitcast=True)
+    bits = tl.where(bits == -2147483648, 0, bits)
+    bits = tl.where(bits < 0, bits ^ 2147483647, bits)
+    return (bits.to(tl.int64) << 32) | (4294967295 - row.to(tl.int64))
+
+
+@triton.jit
 def _cosine_argmax_kernel(
     a_ptr,
     b_ptr,
@@ -70,8 +86,7 @@ def _cosine_argmax_kernel(
     inv_b_ptr,
     row_val_ptr,
     row_idx_ptr,
-    col_val_ptr,
-    col_idx_ptr,
+    col_key_ptr,
     N,
     M,
     C,
@@ -127,18 +142,23 @@ def _cosine_argmax_kernel(
             cval, carg = tl.max(
                 csim, axis=0, return_indices=True, return_indices_tie_break_left=True
             )
-            partial = pid.to(tl.int64) * M + cols64
-            tl.store(col_val_ptr + partial, cval, mask=col_ok)
-            tl.store(col_idx_ptr + partial, pid * BLOCK_N + carg, mask=col_ok)
+            key = _column_key(cval, pid * BLOCK_N + carg)
+            tl.atomic_max(col_key_ptr + cols64, key, mask=col_ok, sem="relaxed")
     out = split.to(tl.int64) * N + rows64
     tl.store(row_val_ptr + out, best_val, mask=row_ok)
     tl.store(row_idx_ptr + out, best_idx, mask=row_ok)
 
 
-def gpu_configs(dtype: torch.dtype) -> list[triton.Config]:
-    """The autotune configs for one input dtype; BLOCK_N is fixed so the column partial buffer
-    has one shape whichever config wins."""
+AUTOTUNE_ENV = "CLEANDIFT_TRITON_AUTOTUNE"
+"""Set to ``first`` (before this module is imported) to tune over the first config of each
+dtype only: the GPU check's tests then compile a handful of kernels instead of ~100."""
+
+
+def gpu_configs(dtype: torch.dtype, *, first_only: bool = False) -> list[triton.Config]:
+    """The autotune configs for one input dtype (all of them, or only the first); BLOCK_N is
+    fixed so the row partial buffers have one shape whichever config wins."""
     shapes = FLOAT_SHAPES if dtype == torch.float32 else HALF_SHAPES
+    shapes = shapes[:1] if first_only else shapes
     return [
         triton.Config(
             {"BLOCK_N": GPU_BLOCK_N, "BLOCK_M": m, "BLOCK_C": c}, num_stages=s, num_warps=w
@@ -148,12 +168,19 @@ def gpu_configs(dtype: torch.dtype) -> list[triton.Config]:
 
 
 TUNING_KEY = ["N_BUCKET", "M_BUCKET", "C", "COLUMNS", "PRECISION"]
+_FIRST_ONLY = os.environ.get(AUTOTUNE_ENV, "all") == "first"
 _autotuned = {
-    precision: triton.autotune(configs=gpu_configs(dtype), key=TUNING_KEY)(_cosine_argmax_kernel)
+    precision: triton.autotune(
+        configs=gpu_configs(dtype, first_only=_FIRST_ONLY),
+        key=TUNING_KEY,
+        restore_value=["col_key_ptr"],
+    )(_cosine_argmax_kernel)
     for precision, dtype in (("tf32x3", torch.float32), ("tf32", torch.float16))
 }
 """One autotuner per config family: float32 tunes over FLOAT_SHAPES, fp16/bf16 over HALF_SHAPES
-(triton adds the tensors' dtypes to the key, so fp16 and bf16 tune apart)."""
+(triton adds the tensors' dtypes to the key, so fp16 and bf16 tune apart). ``restore_value``
+puts the column keys back after every timing run: ``atomic_max`` accumulates, and the keys of
+a losing config must not leak into the result."""
 
 
 def size_bucket(n: int) -> int:
@@ -166,6 +193,25 @@ def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision: tf32x3 for float32 (float32-level accuracy on tensor cores),
     the default for 16-bit inputs, which the tensor cores take as they are."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+KEY_LOW = (1 << 32) - 1
+"""The low half of a column key holds ``KEY_LOW - row``."""
+KEY_EMPTY = -(1 << 63)
+"""Initial column key, below every encoded score (the kernel visits every column)."""
+
+
+def key_rows(keys: torch.Tensor) -> torch.Tensor:
+    """The row index each column key encodes."""
+    return KEY_LOW - (keys & KEY_LOW)
+
+
+def column_key_reference(val: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """``_column_key`` in torch (float32 scores, integer rows), for tests."""
+    bits = val.float().view(torch.int32).long()
+    bits = torch.where(bits == -(1 << 31), 0, bits)
+    bits = torch.where(bits < 0, bits ^ ((1 << 31) - 1), bits)
+    return (bits << 32) | (KEY_LOW - row.long())
 
 
 def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +247,61 @@ def _device_guard(device: torch.device) -> contextlib.AbstractContextManager[obj
     return contextlib.nullcontext()
 
 
+@dataclass
+class Launch:
+    """One prepared kernel launch: its buffers and arguments (``run`` enqueues the kernel only;
+    the benchmark times it apart from the set-up and the reductions around it)."""
+
+    args: tuple[torch.Tensor, ...]
+    sizes: tuple[int, ...]
+    grid: tuple[int, int]
+    mutual: bool
+    precision: str
+    tiles: dict[str, int]
+
+    @property
+    def row_val(self) -> torch.Tensor:
+        """[slices, N] row maxima per slice of b."""
+        return self.args[4]
+
+    @property
+    def row_idx(self) -> torch.Tensor:
+        """[slices, N] their column indices."""
+        return self.args[5]
+
+    @property
+    def col_key(self) -> torch.Tensor:
+        """[M] column keys (mutual matching), else one unused element."""
+        return self.args[6]
+
+    def run(self) -> None:
+        """Enqueue the kernel (the autotuned one on a GPU; tiles fixed under the interpreter)."""
+        extra = {"COLUMNS": self.mutual, "PRECISION": self.precision}
+        if INTERPRETING:
+            _cosine_argmax_kernel[self.grid](*self.args, *self.sizes, **self.tiles, **extra)
+        else:
+            _autotuned[self.precision][self.grid](*self.args, *self.sizes, **extra)
+
+
+def prepare(
+    a: torch.Tensor, b: torch.Tensor, *, mutual: bool, blocks: dict[str, int] | None = None
+) -> Launch:
+    """Inverse norms (one pass each), partial buffers (bounded: [slices, N] and [M]) and the
+    grid for contiguous inputs of one dtype; call under the inputs' device."""
+    (n, c), m = a.shape, b.shape[0]
+    tiles = {**INTERPRETER_BLOCKS, **(blocks or {})}
+    block_n = tiles["BLOCK_N"] if INTERPRETING else GPU_BLOCK_N
+    n_blocks = triton.cdiv(n, block_n)
+    per_split = _column_slices(n_blocks, m, a.device, tiles["BLOCK_M"])
+    splits = triton.cdiv(m, per_split)
+    row_val = torch.empty((splits, n), device=a.device, dtype=torch.float32)
+    row_idx = torch.empty((splits, n), device=a.device, dtype=torch.int32)
+    col_key = torch.full((m if mutual else 1,), KEY_EMPTY, device=a.device, dtype=torch.int64)
+    args = (a, b, inverse_norms(a), inverse_norms(b), row_val, row_idx, col_key)
+    sizes = (n, m, c, c, c, per_split, size_bucket(n), size_bucket(m))
+    return Launch(args, sizes, (n_blocks, splits), mutual, dot_precision(a.dtype), tiles)
+
+
 def triton_match_dense(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -219,28 +320,10 @@ def triton_match_dense(
     if a.dtype != b.dtype:
         a, b = a.float(), b.float()
     a, b = a.contiguous(), b.contiguous()
-    (n, c), m = a.shape, b.shape[0]
-    tiles = {**INTERPRETER_BLOCKS, **(blocks or {})}
-    block_n = tiles["BLOCK_N"] if INTERPRETING else GPU_BLOCK_N
     with _device_guard(a.device):
-        n_blocks = triton.cdiv(n, block_n)
-        per_split = _column_slices(n_blocks, m, a.device, tiles["BLOCK_M"])
-        splits = triton.cdiv(m, per_split)
-        f32, i32 = torch.float32, torch.int32
-        row_val = torch.empty((splits, n), device=a.device, dtype=f32)
-        row_idx = torch.empty((splits, n), device=a.device, dtype=i32)
-        col_shape = (n_blocks, m) if mutual else (1,)
-        col_val = torch.empty(col_shape, device=a.device, dtype=f32)
-        col_idx = torch.empty(col_shape, device=a.device, dtype=i32)
-        args = (a, b, inverse_norms(a), inverse_norms(b), row_val, row_idx, col_val, col_idx)
-        sizes = (n, m, c, c, c, per_split, size_bucket(n), size_bucket(m))
-        precision = dot_precision(a.dtype)
-        grid = (n_blocks, splits)
-        if INTERPRETING:
-            _cosine_argmax_kernel[grid](*args, *sizes, **tiles, COLUMNS=mutual, PRECISION=precision)
-        else:
-            _autotuned[precision][grid](*args, *sizes, COLUMNS=mutual, PRECISION=precision)
-        best, first = _reduce_partials(row_val, row_idx)
+        launch = prepare(a, b, mutual=mutual, blocks=blocks)
+        launch.run()
+        best, first = _reduce_partials(launch.row_val, launch.row_idx)
     if not mutual:
         return NearestNeighbours(first.long()[:, None], best[:, None])
-    return mutual_from_argmax(first.long(), best, _reduce_partials(col_val, col_idx)[1].long())
+    return mutual_from_argmax(first.long(), best, key_rows(launch.col_key))

@@ -52,9 +52,10 @@ class CompileReport:
 def _signature(dtype: str) -> dict[str, str]:
     pointer = DTYPES[dtype]
     signature = {"a_ptr": pointer, "b_ptr": pointer}
-    for name in ("inv_a_ptr", "inv_b_ptr", "row_val_ptr", "col_val_ptr"):
+    for name in ("inv_a_ptr", "inv_b_ptr", "row_val_ptr"):
         signature[name] = "*fp32"
-    signature["row_idx_ptr"] = signature["col_idx_ptr"] = "*i32"
+    signature["row_idx_ptr"] = "*i32"
+    signature["col_key_ptr"] = "*i64"
     for name in ("N", "M", "C", "stride_a", "stride_b", "cols_per_split", "N_BUCKET", "M_BUCKET"):
         signature[name] = "i32"
     for name in ("BLOCK_N", "BLOCK_M", "BLOCK_C", "COLUMNS", "PRECISION"):
