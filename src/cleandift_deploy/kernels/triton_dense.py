@@ -157,7 +157,9 @@ dtype only: the GPU check's tests then compile a handful of kernels instead of ~
 def gpu_configs(dtype: torch.dtype, *, first_only: bool = False) -> list[triton.Config]:
     """The autotune configs for one input dtype (all of them, or only the first); BLOCK_N is
     fixed so the row partial buffers have one shape whichever config wins."""
-    shapes = FLOAT_SHAPES if dtype == torch.float32 else HALF_SHAPES
+    shapes: tuple[tuple[int, int, int, int], ...] = (
+        FLOAT_SHAPES if dtype == torch.float32 else HALF_SHAPES
+    )
     shapes = shapes[:1] if first_only else shapes
     return [
         triton.Config(

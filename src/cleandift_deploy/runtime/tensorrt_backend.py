@@ -6,8 +6,12 @@ is refused deep inside TensorRT. At run time, inputs and outputs are torch CUDA 
 name with `set_tensor_address` (no host copies; addresses 256-byte aligned, every boolean TensorRT
 returns is checked); `execute_async_v3` runs on a dedicated CUDA stream per lane; the optimisation
 profile is picked from the input shapes. Execution contexts, their shared user-managed device
-memory, CUDA graph capture with its fallback to eager runs, and the locking between threads are
+memory (``device_memory_size_v2`` and the two-argument ``set_device_memory``: TensorRT 10.1 and
+later), CUDA graph capture with its fallback to eager runs, and the locking between threads are
 `trt_contexts.ContextPool`'s job: one context per (lane, shapes), a bounded number of lanes.
+Streams, stream ordering, capture through the CUDA runtime and the ordered teardown are
+`cuda_lanes.CudaLanes`' (this class is its TensorRT half). The device index is fixed when the
+backend is made.
 
 `tensorrt` and CUDA are imported lazily: this module imports (and type-checks against
 tensorrt-stubs) on machines without either.
@@ -15,10 +19,8 @@ tensorrt-stubs) on machines without either.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import re
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +29,8 @@ import torch
 
 from ..errors import CleanDiftError
 from ..manifest import Manifest
-from .trt_contexts import ContextPool, Lane, check, is_aligned
+from .cuda_lanes import CudaLanes
+from .trt_contexts import Lane, check, is_aligned
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -155,35 +158,7 @@ def _shape(dims: trt.Dims) -> Shape:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-def _cudart() -> ctypes.CDLL | None:
-    """The CUDA runtime library torch loaded (read from /proc/self/maps), if any."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    paths = sorted({line.split()[-1] for line in maps.splitlines() if "libcudart.so" in line})
-    return ctypes.CDLL(paths[0]) if paths else None
-
-
-def dedicated_stream(device: torch.device) -> torch.cuda.Stream:
-    """A CUDA stream no other code uses: `torch.cuda.Stream()` hands out 32 streams round-robin
-    to every caller in the process, and work another thread puts on a stream being captured
-    would land in the graph. Created with cudaStreamCreateWithFlags (non-blocking) through the
-    runtime torch uses; a pooled torch stream only where that library is not found."""
-    cudart = _cudart()
-    if cudart is None:
-        return torch.cuda.Stream(device)
-    handle = ctypes.c_void_p()
-    with torch.cuda.device(device):
-        code = cudart.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))
-    if code != 0 or not handle.value:
-        raise CleanDiftError(f"could not create a CUDA stream (CUDA error {code})")
-    stream = torch.cuda.ExternalStream(handle.value, device=device)
-    weakref.finalize(stream, cudart.cudaStreamDestroy, ctypes.c_void_p(handle.value))
-    return stream
-
-
-class TensorRTBackend:
+class TensorRTBackend(CudaLanes):
     """Runs a serialised TensorRT engine on one CUDA GPU; `run` is safe from several threads.
 
     `lanes` bounds how many runs go at once (each lane holds one scratch buffer of
@@ -203,15 +178,15 @@ class TensorRTBackend:
         require_tensorrt()
         import tensorrt as trt
 
-        if not torch.cuda.is_available():
-            raise CleanDiftError("TensorRT engines need an NVIDIA GPU; torch sees none here")
-        self.device = torch.device(device)
+        super().__init__(
+            device, cuda_graphs=cuda_graphs, lanes=lanes, shapes_per_lane=shapes_per_lane
+        )
         check_tensorrt_version(manifest, trt.__version__)
         check_build_gpu(manifest, torch.cuda.get_device_capability(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        self.trt_runtime = trt.Runtime(self.logger)
         with torch.cuda.device(self.device):
-            engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+            engine = self.trt_runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if engine is None:
             raise CleanDiftError(f"TensorRT could not deserialise {path}: rebuild the engine")
         self.engine = engine
@@ -226,14 +201,6 @@ class TensorRTBackend:
             )
         self.profiles = [self._profile(p) for p in range(engine.num_optimization_profiles)]
         self.name = "tensorrt"
-        self.pool = ContextPool(
-            self, lanes=lanes, shapes_per_lane=shapes_per_lane, cuda_graphs=cuda_graphs
-        )
-
-    @property
-    def cuda_graphs(self) -> bool:
-        """Whether runs replay CUDA graphs (False when asked, or after a capture failed)."""
-        return self.pool.cuda_graphs
 
     def _profile(self, index: int) -> ProfileShapes:
         profile: ProfileShapes = {}
@@ -248,14 +215,13 @@ class TensorRTBackend:
             raise CleanDiftError(f"engine tensor {name} has unsupported type {kind}")
         return _DTYPES[kind]
 
-    def new_lane(self, index: int) -> Lane:
-        """A dedicated stream and one scratch buffer that all the lane's contexts share."""
-        with torch.cuda.device(self.device):
-            stream = dedicated_stream(self.device)
-            size = max(int(self.engine.device_memory_size_v2), 1)
-            memory = torch.empty(size, dtype=torch.uint8, device=self.device)
-        memory.record_stream(stream)
-        return Lane(index, stream, memory)
+    def scratch_bytes(self) -> int:
+        """``device_memory_size_v2``: the scratch all of a lane's contexts share."""
+        return int(self.engine.device_memory_size_v2)
+
+    def input_dtype(self, name: str) -> torch.dtype:
+        """The engine's dtype for an input."""
+        return self._dtype(name)
 
     def new_context(self, lane: Lane) -> trt.IExecutionContext:
         """A context on the lane's scratch buffer (created without memory of its own)."""
@@ -294,44 +260,9 @@ class TensorRTBackend:
         """Enqueue one execution on the lane's stream."""
         check(context.execute_async_v3(lane.stream.cuda_stream), "run the engine")
 
-    def synchronize(self, lane: Lane) -> None:
-        """Wait until the lane's queued work is done."""
-        lane.stream.synchronize()
-
-    def new_graph(self) -> torch.cuda.CUDAGraph:
-        """An empty CUDA graph (captured by the pool with capture_error_mode="thread_local")."""
-        return torch.cuda.CUDAGraph()
-
-    def renew_stream(self, lane: Lane) -> None:
-        """A fresh stream for a lane whose capture failed."""
-        lane.stream = dedicated_stream(self.device)
-
-    def _prepare(self, inputs: Mapping[str, torch.Tensor], lane: Lane) -> dict[str, torch.Tensor]:
-        """Inputs on the device, in the engine's dtypes, contiguous and 256-byte aligned."""
-        prepared = {}
-        for name in self.input_names:
-            source = inputs[name]
-            tensor = source.to(self.device, self._dtype(name), non_blocking=True).contiguous()
-            if tensor.data_ptr() == source.data_ptr() and source.is_cuda:
-                source.record_stream(lane.stream)  # the caller's memory, read on our stream
-            if not is_aligned(tensor.data_ptr()):
-                tensor = tensor.clone()
-            prepared[name] = tensor
-        return prepared
-
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Taps for one batch: CUDA tensors in and out, float32, ordered after the caller's
-        current stream and before its later work."""
-        caller = torch.cuda.current_stream(self.device)
-        with self.pool.lane() as lane, torch.cuda.device(self.device):
-            lane.stream.wait_stream(caller)
-            with torch.cuda.stream(lane.stream):
-                outputs = self.pool.execute(lane, self._prepare(inputs, lane))
-                result = {n: o.to(torch.float32, copy=True) for n, o in outputs.items()}
-            caller.wait_stream(lane.stream)
-        for tensor in result.values():
-            tensor.record_stream(caller)
-        return result
+        """Taps for one batch (the engine's inputs by name): see ``CudaLanes.run``."""
+        return super().run({name: inputs[name] for name in self.input_names})
 
 
 def _bind_address(context: trt.IExecutionContext, name: str, tensor: torch.Tensor) -> None:

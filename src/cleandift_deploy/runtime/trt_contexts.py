@@ -13,8 +13,16 @@ The rules it enforces, each from TensorRT's or PyTorch's documented constraints:
   so memory stays bounded however many threads call.
 * Captures and context creation take a readers-writer lock exclusively; replays and eager runs
   take it shared. No other run of this backend launches work while a capture is under way.
-* A capture that fails is ended (``capture_end`` always runs once ``capture_begin`` did), the
-  backend turns graph-less for good and runs eagerly, like trtexec.
+* A capture that yields no graph (``CaptureInvalidated``, an expected outcome: see
+  cuda_graphs.py, which captures through the CUDA runtime with no PyTorch pool) drops the
+  context it used; the backend turns graph-less for good and runs eagerly, like trtexec. The
+  lane keeps its stream.
+* Nothing is allocated while work is being put on a lane's stream (``launching``): buffers come
+  from the caller's stream, and the lane waits for it (``join``) before its next launch. So no
+  block of PyTorch's allocator belongs to, or records a use on, a lane stream.
+* A lane's stream lives as long as the lane, and a lane is torn down in one order only
+  (``close_lane``): wait for its stream, destroy its graphs and drop its contexts, drop its
+  scratch memory, then destroy the stream. Eviction likewise waits before it destroys.
 """
 
 from __future__ import annotations
@@ -22,14 +30,15 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import CleanDiftError
+from .cuda_graphs import CaptureInvalidated
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 """The input shapes a context is bound to: sorted (name, shape) pairs."""
@@ -93,13 +102,11 @@ class ReadWriteLock:
 
 
 class Graph(Protocol):
-    """The part of ``torch.cuda.CUDAGraph`` used here."""
-
-    def capture_begin(self, *, capture_error_mode: str) -> None: ...
-
-    def capture_end(self) -> None: ...
+    """An instantiated CUDA graph (``cuda_graphs.RuntimeGraph``, or a fake in tests)."""
 
     def replay(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -114,16 +121,51 @@ class Slot:
 
 @dataclass
 class Lane:
-    """What one caller holds during a run: a stream, a scratch buffer, contexts by shape."""
+    """What one caller holds during a run: a stream, a scratch buffer, contexts by shape.
+
+    `release` destroys the stream (None for a stream someone else owns). A lane refers to
+    nothing of its backend, so a finaliser can tear lanes down after the backend is gone.
+    """
 
     index: int
     stream: Any
     memory: Any
     slots: OrderedDict[ShapeKey, Slot] = field(default_factory=OrderedDict)
+    release: Callable[[], object] | None = None
+
+
+def drop_slot(slot: Slot) -> None:
+    """Destroy a slot's graph (its lane's stream must be idle); the context goes with the slot."""
+    if slot.graph is not None:
+        slot.graph.close()
+        slot.graph = None
+
+
+def close_lane(lane: Lane) -> None:
+    """Tear a lane down in order: wait for its stream, destroy graphs and drop contexts, drop
+    the scratch memory, and only then destroy the stream (once; later calls do nothing)."""
+    if lane.stream is None:
+        return
+    lane.stream.synchronize()
+    while lane.slots:
+        drop_slot(lane.slots.popitem(last=False)[1])
+    lane.memory = None
+    release, lane.release, lane.stream = lane.release, None, None
+    if release is not None:
+        release()
+
+
+def close_lanes(lanes: list[Lane]) -> None:
+    """``close_lane`` for each lane (a backend's finaliser: never raises, it may run at exit)."""
+    for lane in lanes:
+        try:
+            close_lane(lane)
+        except Exception as exc:  # at interpreter exit CUDA may already be torn down
+            warnings.warn(f"could not close a TensorRT lane: {exc}", RuntimeWarning, stacklevel=2)
 
 
 class EngineOps(Protocol):
-    """What the pool needs from an engine (the TensorRT backend, or a fake in tests)."""
+    """What the pool needs from an engine (``cuda_lanes.CudaLanes``, or a fake in tests)."""
 
     def new_lane(self, index: int) -> Lane:
         """A lane with a dedicated stream and a scratch buffer of the engine's size."""
@@ -136,7 +178,16 @@ class EngineOps(Protocol):
     def bind(
         self, context: Any, lane: Lane, inputs: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Set shapes and addresses for `inputs`; allocate, bind and return the outputs."""
+        """Set shapes and addresses for `inputs`; allocate, bind and return the outputs
+        (called outside ``launching``: allocations belong to the caller's stream)."""
+        ...
+
+    def join(self, lane: Lane) -> None:
+        """Order the lane's stream after the caller's current stream (before each launch)."""
+        ...
+
+    def launching(self, lane: Lane) -> AbstractContextManager[object]:
+        """Make the lane's stream current for kernel launches (no allocation inside)."""
         ...
 
     def execute(self, context: Any, lane: Lane) -> None:
@@ -147,12 +198,8 @@ class EngineOps(Protocol):
         """Wait for the lane's stream."""
         ...
 
-    def new_graph(self) -> Graph:
-        """An empty CUDA graph."""
-        ...
-
-    def renew_stream(self, lane: Lane) -> None:
-        """Give the lane a fresh stream (after a failed capture)."""
+    def capture(self, context: Any, lane: Lane) -> Graph:
+        """Capture one execution on the lane's stream; raise ``CaptureInvalidated`` if none."""
         ...
 
 
@@ -169,8 +216,10 @@ class ContextPool:
         self.shapes_per_lane = shapes_per_lane
         self.cuda_graphs = cuda_graphs
         self.graph_failure: str | None = None
+        self.closed = False
         self.lock = ReadWriteLock()
-        self._lanes: list[Lane] = []
+        self.all_lanes: list[Lane] = []
+        """Every lane created (the list a backend's finaliser closes; it refers to no backend)."""
         self._free: list[Lane] = []
         self._created = 0
         self._lanes_cond = threading.Condition()
@@ -178,7 +227,7 @@ class ContextPool:
     @property
     def lanes(self) -> list[Lane]:
         """Every lane created so far (at most `max_lanes`)."""
-        return list(self._lanes)
+        return list(self.all_lanes)
 
     @contextmanager
     def lane(self) -> Iterator[Lane]:
@@ -192,6 +241,8 @@ class ContextPool:
                 self._lanes_cond.notify()
 
     def _take(self) -> Lane:
+        if self.closed:
+            raise CleanDiftError("this TensorRT backend was closed")
         with self._lanes_cond:
             self._lanes_cond.wait_for(lambda: self._free or self._created < self.max_lanes)
             if self._free:
@@ -207,13 +258,22 @@ class ContextPool:
                 self._lanes_cond.notify()
             raise
         with self._lanes_cond:
-            self._lanes.append(lane)
+            self.all_lanes.append(lane)
         return lane
 
-    def execute(self, lane: Lane, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def close(self) -> None:
+        """Tear every lane down in order (``close_lane``); call with no run in flight."""
+        with self.lock.exclusive():
+            self.closed = True
+            close_lanes(self.all_lanes)
+
+    def execute(
+        self, lane: Lane, inputs: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], bool]:
         """Run `inputs` on the lane's context for their shapes: replay its graph (capturing it
-        the first time), or run eagerly. The returned tensors belong to the lane: read them
-        (enqueue copies on the lane's stream) before the lane is released."""
+        the first time), or run eagerly. Returns the outputs and whether they are the slot's
+        own buffers, which the lane's next replay overwrites: read those (order the reads
+        before the lane's next launch) before the lane is released."""
         key = shape_key(inputs)
         slot = self._slot(lane, key, inputs)
         if self.cuda_graphs and slot.graph is None:
@@ -221,13 +281,16 @@ class ContextPool:
             slot = self._slot(lane, key, inputs)
         with self.lock.shared():
             if self.cuda_graphs and slot.graph is not None:
-                for name, tensor in inputs.items():
-                    slot.inputs[name].copy_(tensor)
+                self.ops.join(lane)
+                with self.ops.launching(lane):
+                    for name, tensor in inputs.items():
+                        slot.inputs[name].copy_(tensor)
                 slot.graph.replay()
-                return slot.outputs
+                return slot.outputs, True
             outputs = self.ops.bind(slot.context, lane, inputs)
+            self.ops.join(lane)
             self.ops.execute(slot.context, lane)
-            return outputs
+            return outputs, False
 
     def _slot(self, lane: Lane, key: ShapeKey, inputs: Mapping[str, torch.Tensor]) -> Slot:
         slot = lane.slots.get(key)
@@ -236,12 +299,13 @@ class ContextPool:
             return slot
         with self.lock.exclusive():
             if len(lane.slots) >= self.shapes_per_lane:
-                self.ops.synchronize(lane)
-                lane.slots.popitem(last=False)
+                self.ops.synchronize(lane)  # the evicted graph and buffers may still be in use
+                drop_slot(lane.slots.popitem(last=False)[1])
             slot = Slot(self.ops.new_context(lane))
             if self.cuda_graphs:
                 slot.inputs = {name: tensor.clone() for name, tensor in inputs.items()}
                 slot.outputs = self.ops.bind(slot.context, lane, slot.inputs)
+                self.ops.join(lane)
                 self.ops.execute(slot.context, lane)  # TensorRT finishes its set-up here
                 self.ops.synchronize(lane)
             lane.slots[key] = slot
@@ -251,17 +315,10 @@ class ContextPool:
         with self.lock.exclusive():
             if not self.cuda_graphs:
                 return  # another thread's capture failed meanwhile
-            graph = self.ops.new_graph()
             try:
-                graph.capture_begin(capture_error_mode="thread_local")
-                try:
-                    self.ops.execute(slot.context, lane)
-                finally:
-                    graph.capture_end()
-            except (RuntimeError, CleanDiftError) as exc:
+                slot.graph = self.ops.capture(slot.context, lane)
+            except CaptureInvalidated as exc:
                 self._give_up_graphs(lane, key, exc)
-                return
-            slot.graph = graph
 
     def _give_up_graphs(self, lane: Lane, key: ShapeKey, exc: Exception) -> None:
         """Run eagerly from now on; drop the context the failed capture used."""
@@ -272,5 +329,5 @@ class ContextPool:
             RuntimeWarning,
             stacklevel=4,
         )
-        del lane.slots[key]
-        self.ops.renew_stream(lane)
+        self.ops.synchronize(lane)
+        drop_slot(lane.slots.pop(key))
