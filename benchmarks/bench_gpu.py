@@ -19,8 +19,9 @@ Parts (each in a child process with its own time limit, all inside one deadline 
                 after warm-up; planted neighbours found
   kernel-tests  tests/kernels/test_kernels_triton.py and test_kernels_passes.py, compiled for
                 the GPU, pytest -n 4 with the reduced autotune set
-  tensorrt      tests/test_runtime_tensorrt.py: expected only where `import tensorrt` works
-                (TensorRT's wheels are far over the 64 MiB that travels to a lent GPU)
+  tensorrt      tests/test_runtime_tensorrt.py, and tensorrt-bench (graphs vs re-capture vs
+                eager): expected only where `import tensorrt` works (TensorRT's wheels are far
+                over the 64 MiB that travels to a lent GPU)
 A part that was expected to run and failed, timed out, was skipped, or had a test skipped for a
 reason not listed as expected makes the script exit 1 and name it. Files under DIR (default
 $OUT, else benchmarks/results/<machine-id>/): <machine-id>/gpu_check.{json,md} in the harness
@@ -104,6 +105,13 @@ PARTS = (
         200,
         "TensorRT engine vs PyTorch, graphs vs eager, two threads capturing",
         tests=("tests/test_runtime_tensorrt.py",),
+        needs="tensorrt",
+    ),
+    Part(
+        "tensorrt-bench",
+        60,
+        120,
+        "tiny engine, batches 1,2 alternating: graphs vs re-capture vs eager ms per call",
         needs="tensorrt",
     ),
 )
@@ -320,7 +328,45 @@ def part_gallery(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def part_tensorrt_bench() -> dict[str, Any]:
+    """Tiny engine, batches alternating 1 and 2, ms per call: one context and graph per shape
+    (the default), one context re-captured at every shape change (lanes=1, shapes_per_lane=1),
+    and eager runs."""
+    import numpy as np
+    from runtime_helpers import export_tiny, random_rgb
+
+    from cleandift_deploy.export.tensorrt_build import BuildOptions, build_engine
+    from cleandift_deploy.manifest import Manifest, sidecar_path
+    from cleandift_deploy.models import random_unet
+    from cleandift_deploy.runtime.extractor import FeatureExtractor
+    from cleandift_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    folder = Path(tempfile.mkdtemp())
+    onnx_path = export_tiny(random_unet("tiny", seed=1), folder / "tiny.onnx", batch=(1, 2, 2))
+    engine = folder / "tiny.engine"
+    build_engine(onnx_path, engine, BuildOptions(target="tensorrt"))
+    rng = np.random.default_rng(0)
+    batches = [[random_rgb(64, 64, rng) for _ in range(n)] for n in (1, 2) * 20]
+    manifest = Manifest.load(sidecar_path(engine))
+    variants: dict[str, dict[str, Any]] = {
+        "graphs_ms": {"cuda_graphs": True},
+        "recapture_each_change_ms": {"cuda_graphs": True, "lanes": 1, "shapes_per_lane": 1},
+        "eager_ms": {"cuda_graphs": False},
+    }
+    result: dict[str, Any] = {}
+    for key, options in variants.items():
+        backend = TensorRTBackend(engine, manifest, "cuda", **options)
+        extractor = FeatureExtractor(backend, manifest)
+        for images in batches[:4]:
+            extractor(images)
+        seconds = _sync_seconds(lambda e=extractor: [e(images) for images in batches])
+        result[key] = seconds * 1000 / len(batches)
+        backend.close()
+    return result
+
+
 MEASURED: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "tensorrt-bench": lambda _: part_tensorrt_bench(),
     "environment": lambda _: part_environment(),
     "floor": lambda _: part_floor(),
     "match-dense": part_match_dense,
