@@ -361,7 +361,8 @@ class DinoFeatures(nn.Module):
         x = (image.to(torch.float32) - self.mean) / self.std
         hidden = self.embeddings(x)
         for block in self.blocks:
-            hidden = block(hidden)
+            out = block(hidden)  # transformers 4.x returns a tuple, 5.x the tensor
+            hidden = out[0] if isinstance(out, tuple) else out
         tokens = hidden[:, self.skip :]
         batch = image.shape[0]
         grid = tokens.transpose(1, 2).reshape(
