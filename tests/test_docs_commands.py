@@ -233,3 +233,26 @@ def test_the_readme_links_to_files_that_exist() -> None:
     assert local, "the README links to its documentation pages"
     missing = [t for t in local if not (ROOT / t).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
+
+
+SOURCE_PATH = re.compile(r"`((?:src/|tests/|benchmarks/)?[\w/]+/[\w]+\.(?:py|sh))`")
+
+
+def missing_files(pages: list[Path]) -> list[str]:
+    """The source, test and benchmark files the pages name in backticks that do not exist."""
+    package = ROOT / "src" / "cleandift_deploy"
+    missing = []
+    for page in pages:
+        for name in SOURCE_PATH.findall(page.read_text(encoding="utf-8")):
+            if not ((ROOT / name).exists() or (package / name).exists()):
+                missing.append(f"{shown(page)}: {name}")
+    return missing
+
+
+def test_the_files_the_docs_name_exist(tmp_path: Path) -> None:
+    """A module the docs point at (`runtime/extractor.py`, `tests/test_x.py`) exists: files move."""
+    missing = missing_files(doc_files())
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+    page = tmp_path / "page.md"
+    page.write_text("see `runtime/extractor.py` and `runtime/gone.py`\n", encoding="utf-8")
+    assert missing_files([page]) == ["page.md: runtime/gone.py"]
