@@ -12,7 +12,8 @@ over (a pool of distinct maps, image i using map i mod pool, to keep memory boun
   on a subset of pairs (it needs ~2 GB per pair and seconds each).
 
 Both run in this process one after the other; the ratio is per pair, and every prediction of the
-subset must be identical. Results: benchmarks/results/eval_matching.{json,md}.
+subset must be identical. Results: benchmarks/results/<machine-id>/eval_matching[_PAIRS][-quick]
+.{json,md} (the harness: machine, ceilings, timing protocol, schema).
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py
     .venv/bin/python benchmarks/bench_eval.py --quick     # small smoke run
@@ -24,24 +25,19 @@ subset must be identical. Results: benchmarks/results/eval_matching.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness.results import machine_folder
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, measure
 from rich.progress import track
 
 from cleandift_deploy.eval.features import match_into
 from cleandift_deploy.eval.grid import MatchGrid
 from cleandift_deploy.kernels.target_field import prepare_target
 
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "eval_matching"
 IMAGE = (375, 500)  # (H, W)
 MAP = (1280, 48, 48)
@@ -78,11 +74,10 @@ def grid_of(pool: list[torch.Tensor], image: int) -> MatchGrid:
     return MatchGrid(pool[image % len(pool)], IMAGE, IMAGE, None)
 
 
-def run_eval(pairs: list[Pair], pool: list[torch.Tensor]) -> tuple[float, dict[int, np.ndarray]]:
-    """Seconds to match every pair the evaluator's way, and the predictions by pair index."""
+def run_eval(pairs: list[Pair], pool: list[torch.Tensor]) -> dict[int, np.ndarray]:
+    """Match every pair the evaluator's way; the predictions by pair index."""
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i].target, i))
     predictions: dict[int, np.ndarray] = {}
-    started = time.perf_counter()
     current, field = -1, None
     for index in track(order, description="eval: matching all pairs"):
         pair = pairs[index]
@@ -93,7 +88,7 @@ def run_eval(pairs: list[Pair], pool: list[torch.Tensor]) -> tuple[float, dict[i
         assert field is not None
         source = grid_of(pool, pair.source)
         predictions[index] = match_into(field, target, source, pair.points)
-    return time.perf_counter() - started, predictions
+    return predictions
 
 
 @torch.inference_mode()
@@ -111,90 +106,84 @@ def dift_match(source: torch.Tensor, target: torch.Tensor, points: np.ndarray) -
 
 def run_dift(
     pairs: list[Pair], subset: list[int], pool: list[torch.Tensor]
-) -> tuple[list[float], dict[int, np.ndarray]]:
-    seconds, predictions = [], {}
-    for index in track(subset, description="dift: subset"):
+) -> tuple[Timing, dict[int, np.ndarray]]:
+    """DIFT's procedure on the subset, each pair one timed run (no warm-up: each is seconds)."""
+    queue = iter(track(subset, description="dift: subset"))
+    predictions: dict[int, np.ndarray] = {}
+
+    def one() -> None:
+        index = next(queue)
         pair = pairs[index]
-        started = time.perf_counter()
-        predictions[index] = dift_match(
-            pool[pair.source % len(pool)], pool[pair.target % len(pool)], pair.points
-        )
-        seconds.append(time.perf_counter() - started)
-    return seconds, predictions
+        source, target = pool[pair.source % len(pool)], pool[pair.target % len(pool)]
+        predictions[index] = dift_match(source, target, pair.points)
 
-
-def markdown(result: dict) -> str:
-    e, d = result["eval"], result["dift"]
-    return "\n".join(
-        [
-            f"# Matching an SPair-sized evaluation from cached features ({result['cpu']})",
-            "",
-            f"{result['pairs']} pairs, {result['points']} points, {result['images']} images "
-            f"{IMAGE[1]}x{IMAGE[0]}, maps {list(MAP)}, {result['threads']} torch threads.",
-            "",
-            "| procedure | pairs timed | seconds | ms / pair | all pairs (s) |",
-            "|---|---:|---:|---:|---:|",
-            f"| eval (field per target, exact bilinear nn) | {e['pairs']} | {e['seconds']:.1f} | "
-            f"{e['ms_per_pair']:.1f} | {e['seconds']:.1f} |",
-            f"| DIFT (upsample both, normalise, argmax) | {d['pairs']} | {d['seconds']:.1f} | "
-            f"{d['ms_per_pair']:.1f} | {d['all_pairs_estimate_s']:.0f} (estimate) |",
-            "",
-            f"Speed-up per pair: **{result['speedup']:.1f}x**; predictions identical on the "
-            f"DIFT subset: **{result['identical']}** ({result['compared_points']} points).",
-            "",
-            "Command: `flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_eval.py"
-            + f"{result['arguments']}`",
-            "",
-        ]
-    )
+    return measure(one, Protocol(warmup=0, repeats=len(subset))), predictions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="300 pairs, 5 DIFT pairs")
+    parser.add_argument("--quick", action="store_true", help="100 pairs, 2 DIFT pairs")
     parser.add_argument("--dift-pairs", type=int, default=40)
     parser.add_argument("--pool", type=int, default=48, help="distinct cached maps")
     parser.add_argument("--pairs", type=int, default=12234, help="pairs (SPair test: 12,234)")
     parser.add_argument("--per-category", type=int, default=100, help="images per category")
     args = parser.parse_args()
-    total, dift_pairs = (300, 5) if args.quick else (args.pairs, args.dift_pairs)
-    pairs = make_pairs(total, 18, args.per_category, SEED)
-    pool = feature_pool(args.pool, SEED)
-    subset = sorted(np.random.default_rng(1).choice(total, dift_pairs, replace=False).tolist())
-    eval_seconds, ours = run_eval(pairs, pool)
-    dift_seconds, theirs = run_dift(pairs, subset, pool)
-    identical = all(np.array_equal(ours[i], theirs[i]) for i in subset)
-    dift_per_pair = statistics.median(dift_seconds)
-    eval_per_pair = eval_seconds / total
-    result = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "quick": args.quick,
-        "arguments": "".join(f" {a}" for a in sys.argv[1:]),
-        "pairs": total,
-        "points": int(sum(len(p.points) for p in pairs)),
-        "images": len({p.source for p in pairs} | {p.target for p in pairs}),
-        "targets": len({p.target for p in pairs}),
-        "eval": {
+    total, dift_pairs = (100, 2) if args.quick else (args.pairs, args.dift_pairs)
+    name = NAME + ("" if total == 12234 or args.quick else f"_{total}")
+    with Benchmark(name, "Evaluator matching vs DIFT's procedure", args.quick) as bench:
+        pairs = make_pairs(total, 18, args.per_category, SEED)
+        pool = feature_pool(args.pool, SEED)
+        subset = sorted(np.random.default_rng(1).choice(total, dift_pairs, replace=False).tolist())
+        ours: dict[int, np.ndarray] = {}
+        timing = measure(lambda: ours.update(run_eval(pairs, pool)), Protocol(0, 1))
+        bench.timing_figure("eval all pairs", timing, label=f"eval: all {total} pairs")
+        dift, theirs = run_dift(pairs, subset, pool)
+        bench.timing_figure("dift per pair", dift, label="DIFT: one pair")
+        identical = all(np.array_equal(ours[i], theirs[i]) for i in subset)
+        eval_per_pair = timing.median / total
+        speedup = dift.median / eval_per_pair
+        bench.figure("eval per pair", eval_per_pair, "s", label="eval: one pair")
+        bench.figure("speedup per pair", speedup, "x", label="speed-up per pair", better="higher")
+        points = int(sum(len(p.points) for p in pairs))
+        images = len({p.source for p in pairs} | {p.target for p in pairs})
+        compared = int(sum(len(pairs[i].points) for i in subset))
+        bench.table(
+            "Matching all pairs",
+            ["procedure", "pairs timed", "seconds", "ms / pair", "all pairs (s)"],
+            [
+                [
+                    "eval (field per target, exact bilinear nn)",
+                    total,
+                    timing.median,
+                    1000 * eval_per_pair,
+                    timing.median,
+                ],
+                [
+                    "DIFT (upsample both, normalise, argmax)",
+                    dift_pairs,
+                    sum(dift.samples),
+                    1000 * dift.median,
+                    f"{dift.median * total:.0f} (estimate)",
+                ],
+            ],
+        )
+        bench.note(
+            f"{total} pairs, {points} points, {images} images {IMAGE[1]}x{IMAGE[0]}, maps "
+            f"{list(MAP)}, {torch.get_num_threads()} torch threads. Speed-up per pair: "
+            f"**{speedup:.1f}x**; predictions identical on the DIFT subset: **{identical}** "
+            f"({compared} points)."
+        )
+        bench.results = {
+            "threads": torch.get_num_threads(),
             "pairs": total,
-            "seconds": eval_seconds,
-            "ms_per_pair": 1000 * eval_per_pair,
-        },
-        "dift": {
-            "pairs": dift_pairs,
-            "seconds": sum(dift_seconds),
-            "ms_per_pair": 1000 * dift_per_pair,
-            "all_pairs_estimate_s": dift_per_pair * total,
-        },
-        "speedup": dift_per_pair / eval_per_pair,
-        "identical": identical,
-        "compared_points": int(sum(len(pairs[i].points) for i in subset)),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ("" if total == 12234 else f"_{total}")
-    (RESULTS / f"{NAME}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{NAME}{suffix}.md").write_text(markdown(result))
-    print(markdown(result))
+            "points": points,
+            "images": images,
+            "targets": len({p.target for p in pairs}),
+            "dift_pairs": dift_pairs,
+            "speedup": speedup,
+            "identical": identical,
+            "compared_points": compared,
+        }
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Every case runs in a fresh child process that builds the same seeded inputs, measures the extra
 peak memory of its first call (peak RSS minus RSS before the call; CUDA: max allocated) and the
-median wall time over repeats. The parent compares outputs for agreement and writes
-benchmarks/results/matching.{json,md,png}.
+wall times over repeats (the harness's timing protocol and memory reader). The parent compares
+outputs for agreement and writes benchmarks/results/<machine-id>/matching[-quick].{json,md,png};
+dense rates are compared with the fp32 GEMM ceiling the harness measures in the same run.
 
     python benchmarks/bench_matching.py            # full run (several minutes, ~10 GB peak)
     python benchmarks/bench_matching.py --quick    # small sizes, a smoke test
@@ -13,26 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
-from harness.results import machine_folder
+from harness.memory import process_peak_gib, resident_gib
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, load_average, measure
 
 from cleandift_deploy.kernels import match_dense, match_points
 from cleandift_deploy.kernels.api import choose_dense_impl
 from cleandift_deploy.kernels.cpu_features import bf16_gemm_speedup, has_bf16_gemm_isa
 from cleandift_deploy.kernels.reference import reference_match_dense, reference_match_points
 
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 SEED = 0
 
 
@@ -119,29 +117,31 @@ def auto_choice(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Run one case in this process: extra peak memory of the first call, median time."""
+    """Run one case in this process: extra peak memory of the first call, timed repeats."""
     choice = auto_choice(spec)
     make_call(warm_spec(spec))()
     call = make_call(spec)
     cuda = spec.get("device") == "cuda"
-    rss0 = psutil.Process().memory_info().rss
+    rss0 = resident_gib()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         mem0 = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(spec["repeats"]):
+    result: list[tuple[torch.Tensor, ...]] = []
+
+    def timed() -> None:
+        result[:] = [call()]
         _sync(spec)
-        t0 = time.perf_counter()
-        result = call()
-        _sync(spec)
-        times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    extra = (torch.cuda.max_memory_allocated() - mem0) if cuda else max(peak - rss0, 0)
+
+    timing = measure(timed, Protocol(warmup=0, repeats=spec["repeats"]))
+    if cuda:
+        extra = torch.cuda.max_memory_allocated() - mem0
+    else:
+        extra = max(process_peak_gib() - rss0, 0.0) * 2**30
     if spec.get("save"):
-        torch.save([r.cpu() for r in result], out)
+        torch.save([r.cpu() for r in result[0]], out)
     return {
-        "median_s": statistics.median(times),
-        "times_s": times,
+        "median_s": timing.median,
+        "times_s": list(timing.samples),
         "extra_peak_bytes": extra,
         **choice,
     }
@@ -151,10 +151,15 @@ def run_case(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run one case in a fresh child process and return its measurements."""
     out = workdir / f"{spec['name']}.{spec['impl']}.pt"
     cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--out", str(out)]
+    before = load_average()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"case {spec['name']}/{spec['impl']} failed:\n{proc.stderr[-3000:]}")
-    return {**spec, **json.loads(proc.stdout.strip().splitlines()[-1]), "output": str(out)}
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    timing = Timing.from_samples(
+        found["times_s"], 0, before, load_average(), torch.get_num_threads()
+    )
+    return {**spec, **found, "timing": timing, "output": str(out)}
 
 
 def points_agreement(ours: Path, ref: Path) -> dict[str, float]:
@@ -181,26 +186,9 @@ def dense_agreement(ours: Path, ref: Path) -> dict[str, float]:
 def plan(quick: bool) -> list[dict[str, Any]]:
     """All cases of the run, in order."""
     c = 64 if quick else 1280
-    cases: list[dict[str, Any]] = [
-        {
-            "kind": "gemm",
-            "name": "sgemm",
-            "n": 1024 if quick else 4096,
-            "dtype": "float32",
-            "impl": "torch",
-            "repeats": 5,
-        },
-        {
-            "kind": "gemm",
-            "name": "bf16gemm",
-            "n": 1024 if quick else 4096,
-            "dtype": "bfloat16",
-            "impl": "torch",
-            "repeats": 5,
-        },
-    ]
+    cases: list[dict[str, Any]] = []  # the fp32 / bf16 GEMM rates are the harness's ceilings
     for tgt_size in [(96, 96)] if quick else [(768, 768), (500, 375)]:
-        for k in (1, 1000):
+        for k in (1000,) if quick else (1, 1000):
             base = {
                 "kind": "points",
                 "name": f"points_{tgt_size[0]}x{tgt_size[1]}_K{k}",
@@ -214,12 +202,13 @@ def plan(quick: bool) -> list[dict[str, Any]]:
                 {**base, "impl": "ours", "repeats": 5},
                 {**base, "impl": "reference", "repeats": 3},
             ]
-    for n in [256, 1024] if quick else [2304, 9216]:
+    for n in [1024] if quick else [2304, 9216]:
         for ch in [64] if quick else [1280, 640]:
             base = {"kind": "dense", "name": f"dense_N{n}_C{ch}", "n": n, "c": ch, "save": True}
             cases += [
                 {**base, "impl": impl, "repeats": 5}
                 for impl in ("ours", "prefilter", "blocked", "reference", "faiss")
+                if not quick or impl not in ("prefilter", "blocked")
             ]
     if torch.cuda.is_available():
         cases.append(
@@ -245,11 +234,10 @@ def plan(quick: bool) -> list[dict[str, Any]]:
     return cases
 
 
-def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(results: list[dict[str, Any]], ceilings: dict[str, Any]) -> dict[str, Any]:
     """Pair up implementations per case: ratios, rates, agreement, target checks."""
     by = {(r["name"], r["impl"]): r for r in results}
-    sgemm = by[("sgemm", "torch")]
-    sgemm_rate = 2 * sgemm["n"] ** 3 / sgemm["median_s"] / 1e9
+    sgemm_rate = float(ceilings.get("fp32_gemm_gflops") or "nan")
     rows: list[dict[str, Any]] = []
     for name in dict.fromkeys(r["name"] for r in results if r["kind"] != "gemm"):
         ours, ref = by[(name, "ours")], by[(name, "reference")]
@@ -284,9 +272,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                     row[f"{impl}_extra_mb"] = by[(name, impl)]["extra_peak_bytes"] / 2**20
         rows.append(row)
     summary = {"sgemm_gflops": sgemm_rate, "rows": rows, "torch_threads": torch.get_num_threads()}
-    if ("bf16gemm", "torch") in by:
-        g = by[("bf16gemm", "torch")]
-        summary["bf16gemm_gflops"] = 2 * g["n"] ** 3 / g["median_s"] / 1e9
+    summary["bf16gemm_gflops"] = ceilings.get("bf16_gemm_gflops")
     if ("hgemm_cuda", "torch") in by:
         h = by[("hgemm_cuda", "torch")]
         summary["hgemm_tflops"] = 2 * h["n"] ** 3 / h["median_s"] / 1e12
@@ -318,92 +304,76 @@ def check_targets(summary: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def write_markdown(summary: dict[str, Any], path: Path) -> None:
-    """A short table of the run."""
-    lines = [
-        "# Matching benchmark",
-        "",
-        f"CPU sgemm (4096^3, {summary['torch_threads']} threads): "
-        f"{summary['sgemm_gflops']:.0f} GFLOP/s. Times are medians; memory is the extra peak RSS "
-        "of one call (after a small warm-up call).",
-        "",
-        "| case | ours | reference | faiss | vs ref | vs faiss | ours mem | ref mem | agreement |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary["rows"]:
-        faiss = f"{r['faiss_s'] * 1e3:.0f} ms" if "faiss_s" in r else "-"
-        vs_faiss = f"{r['speedup_vs_faiss']:.2f}x" if "speedup_vs_faiss" in r else "-"
-        a = r["agreement"]
-        agree = f"{100 * a['identical']:.2f}% identical, max dscore {a['max_score_diff']:.1e}"
-        lines.append(
-            f"| {r['case']} | {r['ours_s'] * 1e3:.1f} ms | {r['reference_s'] * 1e3:.0f} ms "
-            f"| {faiss} "
-            f"| {r['speedup_vs_reference']:.1f}x | {vs_faiss} | {r['ours_extra_mb']:.1f} MB "
-            f"| {r['reference_extra_mb']:.0f} MB | {agree} |"
+def report(bench: Benchmark, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """Figures (every case's timing; dense rates against the fp32 GEMM ceiling), the summary
+    table, the dense paths and targets, and a bar chart."""
+    for r in results:
+        work = 2 * r["n"] ** 2 * r["c"] if r["kind"] == "dense" else None
+        bench.timing_figure(
+            f"{r['name']} {r['impl']}",
+            r["timing"],
+            work=work,
+            ceiling="fp32_gemm" if work else None,
         )
+    rows = []
+    for r in summary["rows"]:
+        a = r["agreement"]
+        rows.append(
+            [
+                r["case"],
+                f"{r['ours_s'] * 1e3:.1f} ms",
+                f"{r['reference_s'] * 1e3:.0f} ms",
+                f"{r['faiss_s'] * 1e3:.0f} ms" if "faiss_s" in r else "-",
+                f"{r['speedup_vs_reference']:.1f}x",
+                f"{r['speedup_vs_faiss']:.2f}x" if "speedup_vs_faiss" in r else "-",
+                f"{r['ours_extra_mb']:.1f} MB",
+                f"{r['reference_extra_mb']:.0f} MB",
+                f"{100 * a['identical']:.2f}% identical, max dscore {a['max_score_diff']:.1e}",
+            ]
+        )
+    headers = ["case", "ours", "reference", "faiss", "vs ref", "vs faiss", "ours mem", "ref mem"]
+    bench.table("Ours vs the references (medians)", [*headers, "agreement"], rows)
+    bench.note(
+        "Memory is the extra peak RSS of one call (after a small warm-up call), each case in a "
+        "fresh process."
+    )
     dense = [r for r in summary["rows"] if "fraction_of_sgemm" in r]
-    if "bf16gemm_gflops" in summary:
-        lines += ["", f"CPU bf16 GEMM (4096^3): {summary['bf16gemm_gflops']:.0f} GFLOP/s."]
     paths = [r for r in dense if "prefilter_s" in r]
     if paths:
-        lines += [
-            "",
-            'Dense CPU paths ("ours" is impl=auto: the bf16 prefilter from 4096x4096 pairs '
-            "where bf16 GEMM is faster than fp32 (AMX or AVX512_BF16, and a one-time probe), "
-            "else the blocked path): "
-            + ", ".join(
-                f"{r['case']} auto = {r['auto_impl']}"
-                + (
-                    f" (probe: bf16 {r['bf16_probe_speedup']:.1f}x fp32)"
-                    if r["bf16_probe_speedup"]
-                    else ""
-                )
-                + f"; prefilter {r['prefilter_s'] * 1e3:.0f} ms "
-                f"({r['prefilter_extra_mb']:.1f} MB), blocked fp32 {r['blocked_s'] * 1e3:.0f} ms "
-                f"({r['blocked_extra_mb']:.1f} MB)"
+        bench.table(
+            "Dense CPU paths (ours = impl=auto)",
+            ["case", "auto", "bf16 probe", "prefilter", "blocked fp32", "rate", "of fp32 GEMM"],
+            [
+                [
+                    r["case"],
+                    r["auto_impl"],
+                    f"{r['bf16_probe_speedup']:.1f}x" if r["bf16_probe_speedup"] else "-",
+                    f"{r['prefilter_s'] * 1e3:.0f} ms ({r['prefilter_extra_mb']:.1f} MB)",
+                    f"{r['blocked_s'] * 1e3:.0f} ms ({r['blocked_extra_mb']:.1f} MB)",
+                    f"{r['ours_gflops']:.0f} GFLOP/s",
+                    f"{100 * r['fraction_of_sgemm']:.0f}%",
+                ]
                 for r in paths
-            ),
-        ]
-    if dense:
-        lines += [
-            "",
-            "Dense rate: "
-            + ", ".join(
-                f"{r['case']} {r['ours_gflops']:.0f} GFLOP/s "
-                f"({100 * r['fraction_of_sgemm']:.0f}% of sgemm)"
-                for r in dense
-            ),
-        ]
-    lines += [
-        "",
+            ],
+        )
+    bench.note(
         "Targets: "
-        + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in summary["targets"].items()),
-    ]
+        + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in summary["targets"].items())
+    )
     if "hgemm_tflops" not in summary:
-        lines += ["", "GPU: not measured (no CUDA device in this run)."]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_plot(summary: dict[str, Any], path: Path) -> None:
-    """Bar chart of times (log scale), ours against the references."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summary["rows"]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    ax.bar([i - 0.27 for i in x], [r["ours_s"] for r in rows], 0.27, label="ours")
-    ax.bar(list(x), [r["reference_s"] for r in rows], 0.27, label="torch reference")
-    ax.bar([i + 0.27 for i in x], [r.get("faiss_s", 0) for r in rows], 0.27, label="faiss-cpu")
-    ax.set_yscale("log")
-    ax.set_ylabel("median time (s)")
-    ax.set_xticks(list(x), [r["case"] for r in rows], rotation=25, ha="right", fontsize=8)
-    ax.legend()
-    ax.set_title("Cosine matching: fused/blocked kernels vs references")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        bench.note("GPU: not measured (no CUDA device in this run).")
+    rows_ = summary["rows"]
+    bench.bar_plot(
+        "Cosine matching: fused/blocked kernels vs references",
+        "median time (s)",
+        [r["case"] for r in rows_],
+        {
+            "ours": [r["ours_s"] for r in rows_],
+            "torch reference": [r["reference_s"] for r in rows_],
+            "faiss-cpu": [r.get("faiss_s") for r in rows_],
+        },
+        logy=True,
+    )
 
 
 def main() -> None:
@@ -421,23 +391,19 @@ def main() -> None:
 
     cases = plan(args.quick)
     results = []
-    with tempfile.TemporaryDirectory() as tmp, Progress() as progress:
-        task = progress.add_task("matching benchmark", total=len(cases))
-        for spec in cases:
-            progress.update(task, description=f"{spec['name']} / {spec['impl']}")
-            results.append(run_case(spec, Path(tmp)))
-            progress.advance(task)
-        summary = summarise(results)
-    suffix = "_quick" if args.quick else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        r.pop("output")
-    (RESULTS / f"matching{suffix}.json").write_text(
-        json.dumps({"summary": summary, "runs": results}, indent=2)
-    )
-    write_markdown(summary, RESULTS / f"matching{suffix}.md")
-    write_plot(summary, RESULTS / f"matching{suffix}.png")
-    print((RESULTS / f"matching{suffix}.md").read_text())
+    with Benchmark("matching", "Matching kernels vs references and faiss", args.quick) as bench:
+        with tempfile.TemporaryDirectory() as tmp, Progress() as progress:
+            task = progress.add_task("matching benchmark", total=len(cases))
+            for spec in cases:
+                progress.update(task, description=f"{spec['name']} / {spec['impl']}")
+                results.append(run_case(spec, Path(tmp)))
+                progress.advance(task)
+            summary = summarise(results, bench.ceilings)
+        report(bench, summary, results)
+        for r in results:
+            r.pop("output")
+            r["timing"] = r["timing"].to_dict()
+        bench.results = {"summary": summary, "runs": results}
 
 
 if __name__ == "__main__":

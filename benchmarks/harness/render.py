@@ -108,9 +108,12 @@ def plot(record: dict[str, Any], path: Path) -> None:
     panels = record["plots"]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, panel in zip(axes[0], panels, strict=True):
-        for label, points in panel["series"].items():
-            xs, ys = zip(*points, strict=True) if points else ((), ())
-            axis.plot(xs, ys, marker="o", label=label)
+        if panel.get("categories"):
+            _bars(axis, panel)
+        else:
+            for label, points in panel["series"].items():
+                xs, ys = zip(*points, strict=True) if points else ((), ())
+                axis.plot(xs, ys, marker="o", label=label)
         axis.set(xlabel=panel["xlabel"], ylabel=panel["ylabel"], title=panel["title"])
         if panel.get("logx"):
             axis.set_xscale("log")
@@ -123,3 +126,13 @@ def plot(record: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
+
+
+def _bars(axis: Any, panel: dict[str, Any]) -> None:
+    """Grouped bars: one group per category, one bar per series (None: no bar)."""
+    categories = panel["categories"]
+    width = 0.8 / max(len(panel["series"]), 1)
+    for i, (label, values) in enumerate(panel["series"].items()):
+        xs = [j + (i - (len(panel["series"]) - 1) / 2) * width for j in range(len(categories))]
+        axis.bar(xs, [v or 0 for v in values], width, label=label)
+    axis.set_xticks(range(len(categories)), categories, rotation=25, ha="right", fontsize=7)

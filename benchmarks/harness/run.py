@@ -151,6 +151,26 @@ class Benchmark:
             }
         )
 
+    def bar_plot(
+        self,
+        title: str,
+        ylabel: str,
+        categories: list[str],
+        series: dict[str, list[float | None]],
+        logy: bool = False,
+    ) -> None:
+        """A panel of grouped bars: one group per category, one bar per series."""
+        self.plots.append(
+            {
+                "title": title,
+                "xlabel": "",
+                "ylabel": ylabel,
+                "categories": categories,
+                "series": series,
+                "logy": logy,
+            }
+        )
+
     def skip(self, reason: str) -> None:
         """Mark the benchmark as not runnable here (the index says so; no old figure stands)."""
         self.status = "skipped"
