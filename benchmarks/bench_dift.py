@@ -12,9 +12,13 @@ the posterior is sampled:
 
 Each variant runs in its own fresh process (spawned one after the other) so its peak memory is
 its own: peak RSS after the models are built, the kernel's high-water mark reset first
-(`/proc/self/clear_refs`). Seconds are the median over `--repeats` timed runs after a warm-up.
+(`harness.memory.reset_peak`). Seconds: the harness's protocol, `--repeats` timed runs after the
+first (the warm-up, whose peak memory is the figure). Times are compared with the fp32 GEMM
+ceiling measured in the same run (FLOPs counted on the meta device).
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_dift.py
+
+Results: benchmarks/results/<machine-id>/dift.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,31 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness.results import machine_folder
+from harness.memory import process_peak_gib, reset_peak, resident_gib
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, load_average, measure
 
-from cleandift_deploy.runtime.machine import cpu_description
-
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "dift"
 VARIANTS = ("vae-once", "per-copy")
-
-
-def _status_gb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _per_copy(module: Any, image: Any) -> Any:
@@ -90,19 +80,15 @@ def run_variant(variant: str, arch: str, size: int, ensemble: int, repeats: int,
         with torch.inference_mode():
             return module(image)[0] if variant == "vae-once" else _per_copy(module, image)
 
-    baseline = _status_gb("VmRSS")
-    _reset_peak()
+    baseline = resident_gib()
+    reset_peak()
     features = once()
-    peak = _status_gb("VmHWM")
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        once()
-        seconds.append(time.perf_counter() - started)
+    peak = process_peak_gib()
+    timing = measure(once, Protocol(warmup=0, repeats=repeats))
     np.save(out + ".npy", features.numpy())
     record = {
-        "median_s": statistics.median(seconds),
-        "runs_s": seconds,
+        "median_s": timing.median,
+        "runs_s": list(timing.samples),
         "peak_gb": peak,
         "models_gb": baseline,
         "activations_gb": peak - baseline,
@@ -154,30 +140,36 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--flops-only", action="store_true", help="Count FLOPs, time nothing.")
     args = parser.parse_args()
+    bench = Benchmark(NAME, "DIFT ensemble: VAE once vs per copy")
     tflop = count_tflop(args.arch, args.size, args.ensemble)
-    report: dict[str, Any] = {
-        "setup": {
-            "arch": f"{args.arch} (random weights)",
-            "size": args.size,
-            "ensemble": args.ensemble,
-            "timestep": 261,
-            "tap": "us6",
-            "precision": "fp32 PyTorch eager",
-            "repeats": args.repeats,
-            "threads": _threads(),
-            "cpu": cpu_description(),
-        },
+    setup = {
+        "arch": f"{args.arch} (random weights)",
+        "size": args.size,
+        "ensemble": args.ensemble,
+        "timestep": 261,
+        "tap": "us6",
+        "precision": "fp32 PyTorch eager",
+        "repeats": args.repeats,
+        "threads": _threads(),
+    }
+    bench.results = {
+        "setup": setup,
         "tflop": tflop,
         "flop_ratio": tflop["per-copy"] / tflop["vae-once"],
     }
-    if not args.flops_only:
-        report.update(timed_variants(args))
-    RESULTS.mkdir(exist_ok=True)
-    from cleandift_deploy.atomic import write_text_atomic
-
-    write_text_atomic(RESULTS / f"{NAME}.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(RESULTS / f"{NAME}.md", markdown(report))
-    print(markdown(report))
+    for variant in VARIANTS:
+        bench.figure(f"{variant} tflop", tflop[variant], "TFLOP", label=f"{variant} FLOPs")
+    bench.note(
+        f"Ensemble {args.ensemble} at {args.size} px, {setup['arch']}, {setup['precision']}. "
+        f"FLOPs (FlopCounterMode, meta device): vae-once {tflop['vae-once']:.2f} TFLOP, per-copy "
+        f"{tflop['per-copy']:.2f} TFLOP: {bench.results['flop_ratio']:.2f}x."
+    )
+    if args.flops_only:
+        bench.note("Timing not run (`--flops-only`).")
+    else:
+        report(bench, timed_variants(args), tflop)
+    for path in bench.write():
+        print(f"wrote {path}")
 
 
 def timed_variants(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,6 +182,7 @@ def timed_variants(args: argparse.Namespace) -> dict[str, Any]:
         task = progress.add_task("variants", total=len(VARIANTS))
         for variant in VARIANTS:
             out = str(Path(folder) / variant)
+            before = load_average()
             child = context.Process(
                 target=run_variant,
                 args=(variant, args.arch, args.size, args.ensemble, args.repeats, out),
@@ -199,6 +192,9 @@ def timed_variants(args: argparse.Namespace) -> dict[str, Any]:
             if child.exitcode != 0:
                 raise SystemExit(f"{variant} failed with exit code {child.exitcode}")
             found[variant] = json.loads(Path(out + ".json").read_text())
+            found[variant]["timing"] = Timing.from_samples(
+                found[variant]["runs_s"], 1, before, load_average(), _threads()
+            )
             found[variant]["features"] = np.load(out + ".npy")
             progress.advance(task)
     once, per_copy = found["vae-once"], found["per-copy"]
@@ -217,40 +213,28 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: FLOPs always, the timed table when the variants ran."""
-    setup, tflop = report["setup"], report["tflop"]
-    lines = [
-        f"# DIFT ensemble {setup['ensemble']} at {setup['size']} px, {setup['arch']}, "
-        f"{setup['precision']}, {setup['cpu']}",
-        "",
-        f"FLOPs (FlopCounterMode, meta device): vae-once {tflop['vae-once']:.2f} TFLOP, "
-        f"per-copy {tflop['per-copy']:.2f} TFLOP: {report['flop_ratio']:.2f}x.",
-        "",
-    ]
-    if "variants" not in report:
-        return "\n".join([*lines, "Timing not run (`--flops-only`).", ""])
-    lines += [
-        "| variant | median s | peak GB | models GB | activations GB |",
-        "|---|---|---|---|---|",
-    ]
-    for name, v in report["variants"].items():
-        lines.append(
-            f"| {name} | {v['median_s']:.1f} | {v['peak_gb']:.2f} | {v['models_gb']:.2f} | "
-            f"{v['activations_gb']:.2f} |"
+def report(bench: Benchmark, timed: dict[str, Any], tflop: dict[str, float]) -> None:
+    """Figures (seconds against the fp32 GEMM ceiling, peak memory), the table and ratios."""
+    rows = []
+    for name, v in timed["variants"].items():
+        bench.timing_figure(
+            f"{name} seconds", v["timing"], work=tflop[name] * 1e12, ceiling="fp32_gemm"
         )
-    a = report["agreement"]
-    lines += [
-        "",
-        f"per-copy / vae-once: {report['speedup']:.2f}x seconds, {report['peak_ratio']:.2f}x "
-        f"peak memory ({report['activation_ratio']:.2f}x above the models' own memory).",
-        f"Features agree: min cosine {a['cosine_min']:.7f}, relative L2 {a['relative_l2']:.2e} "
-        "(same draws; only the batch the encoder sees differs).",
-        f"Median of {setup['repeats']} timed runs after a warm-up; each variant in a fresh "
-        "process. `flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_dift.py`",
-        "",
-    ]
-    return "\n".join(lines)
+        bench.figure(f"{name} peak", v["peak_gb"], "GiB", label=f"{name} peak RSS")
+        rows.append([name, v["median_s"], v["peak_gb"], v["models_gb"], v["activations_gb"]])
+        v["timing"] = v["timing"].to_dict()
+    bench.figure("speedup", timed["speedup"], "x", label="per-copy / vae-once seconds")
+    bench.table(
+        "Variants", ["variant", "median s", "peak GiB", "models GiB", "activations GiB"], rows
+    )
+    a = timed["agreement"]
+    bench.note(
+        f"per-copy / vae-once: {timed['speedup']:.2f}x seconds, {timed['peak_ratio']:.2f}x peak "
+        f"memory ({timed['activation_ratio']:.2f}x above the models' own memory). Features "
+        f"agree: min cosine {a['cosine_min']:.7f}, relative L2 {a['relative_l2']:.2e} (same "
+        "draws; only the batch the encoder sees differs). Each variant in a fresh process."
+    )
+    bench.results.update(timed)
 
 
 if __name__ == "__main__":

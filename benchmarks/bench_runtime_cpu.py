@@ -19,6 +19,9 @@ reports how many nearest-neighbour matches (every us6 cell of a second image aga
 agree with fp32 PyTorch.
 
     flock /tmp/cpu-heavy.lock python benchmarks/bench_runtime_cpu.py --workdir /tmp/ort/bench
+
+Results: benchmarks/results/<machine-id>/runtime_cpu.{json,md,png} (benchmarks/harness; the
+interleaved repeats are the harness's `measure_interleaved`, peak memory its `process_peak_gib`).
 """
 
 from __future__ import annotations
@@ -27,21 +30,19 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from harness.results import machine_folder
+from harness.memory import process_peak_gib, resident_gib
+from harness.run import Benchmark
+from harness.timing import Protocol, measure, measure_interleaved
 
-from cleandift_deploy.runtime.machine import cpu_description
-
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "runtime_cpu"
 TIMED_CASES = ("torch-fp32", "torch-bf16", "ort-fast", "ov-f32", "ov-bf16")
 MEMORY_CASES = (
@@ -212,53 +213,36 @@ def match_agreement(pair: list[np.ndarray], reference: list[np.ndarray]) -> floa
     return float((matches(pair) == matches(reference)).float().mean())
 
 
-def timed(run: Runner, image: np.ndarray) -> tuple[float, np.ndarray]:
-    """Seconds one call takes, and its output."""
-    started = time.perf_counter()
-    out = run(image)
-    return time.perf_counter() - started, out
-
-
-def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, object]:
-    """Interleaved repeats of every timed case at every size, in this process."""
-    from rich.progress import Progress
-
+def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Interleaved repeats of every timed case at every size, in this process (the first run of
+    each case, on the image and a second image, is the warm-up and gives the agreement)."""
     module = reference_module(arch)
     rng = np.random.default_rng(0)
-    results: dict[str, object] = {}
-    with Progress() as progress:
-        task = progress.add_task("timing", total=len(sizes) * (repeats + 1) * len(TIMED_CASES))
-        for size in sizes:
-            runners = {}
-            gc.collect()
-            runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
-            image = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
-            second = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
-            outputs, pairs = {}, {}
-            for case, run in runners.items():
-                outputs[case] = run(image)
-                pairs[case] = [outputs[case], run(second)]
-                progress.advance(task)
-            times: dict[str, list[float]] = {case: [] for case in runners}
-            for _ in range(repeats):
-                for case, run in runners.items():
-                    seconds, _ = timed(run, image)
-                    times[case].append(seconds)
-                    progress.advance(task)
-            reference = outputs["torch-fp32"]
-            eager = statistics.median(times["torch-fp32"])
-            results[str(size)] = {
-                case: {
-                    "seconds": [round(t, 3) for t in times[case]],
-                    "median_s": round(statistics.median(times[case]), 3),
-                    "speedup_vs_torch_fp32": round(eager / statistics.median(times[case]), 3),
-                    "agreement_vs_torch_fp32": agreement(outputs[case], reference),
-                    "match_agreement_vs_torch_fp32": match_agreement(
-                        pairs[case], pairs["torch-fp32"]
-                    ),
-                }
-                for case in runners
+    results: dict[str, Any] = {}
+    for size in sizes:
+        gc.collect()
+        runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
+        image = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+        second = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+        outputs, pairs = {}, {}
+        for case, run in runners.items():
+            outputs[case] = run(image)
+            pairs[case] = [outputs[case], run(second)]
+        calls = {case: (lambda run=run, image=image: run(image)) for case, run in runners.items()}
+        timings = measure_interleaved(calls, Protocol(warmup=0, repeats=repeats))
+        reference = outputs["torch-fp32"]
+        eager = timings["torch-fp32"].median
+        results[str(size)] = {
+            case: {
+                "timing": timings[case],
+                "median_s": round(timings[case].median, 3),
+                "speedup_vs_torch_fp32": round(eager / timings[case].median, 3),
+                "agreement_vs_torch_fp32": agreement(outputs[case], reference),
+                "match_agreement_vs_torch_fp32": match_agreement(pairs[case], pairs["torch-fp32"]),
             }
+            for case in runners
+        }
+        print(f"timed {size} px", flush=True)
     return results
 
 
@@ -272,38 +256,18 @@ def memory_case(case: str, arch: str, graph: Path, size: int) -> dict[str, float
     started = time.perf_counter()
     run = make_runner(case, arch, graph, None)
     setup = time.perf_counter() - started
-    first, _ = timed(run, image)
+    first = measure(lambda: run(image), Protocol(warmup=0, repeats=1)).median
     for _ in range(2):
-        timed(run, image)
+        run(image)
     return {
         "setup_s": setup,
         "first_run_s": first,
-        "peak_rss_gib": peak_rss_kib() / 2**20,
-        "rss_after_gib": rss_kib() / 2**20,
+        "peak_rss_gib": process_peak_gib(),
+        "rss_after_gib": resident_gib(),
     }
 
 
-def rss_kib() -> int:
-    """This process's resident memory now (after the runs), in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def peak_rss_kib() -> int:
-    """This process's peak resident memory in KiB.
-
-    `VmHWM` belongs to the address space exec created, whereas `ru_maxrss` is inherited across
-    fork and exec, so a child would report its parent's peak when that was higher.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def memory(arch: str, graph: Path, sizes: list[int], cases: tuple[str, ...]) -> dict[str, object]:
+def memory(arch: str, graph: Path, sizes: list[int], cases: tuple[str, ...]) -> dict[str, Any]:
     """Every memory case in its own subprocess."""
     results: dict[str, dict[str, object]] = {}
     for size in sizes:
@@ -321,66 +285,42 @@ def memory(arch: str, graph: Path, sizes: list[int], cases: tuple[str, ...]) -> 
     return results
 
 
-def markdown(report: dict[str, object]) -> str:
-    """A short table: median time, speed-up, cosine, peak memory per case and size."""
-    weights = float(report["weights_gib"])  # type: ignore[arg-type]
-    lines = [
-        f"# {NAME}: image -> us6, {report['arch']}, batch 1, fp32 weights {weights:.2f} GiB",
-        "",
-        f"Machine: {report['machine']}. Peak RSS target: {1.5 * weights:.2f} GiB (1.5x weights).",
-        "",
-        "| size | case | median s | vs torch fp32 | cosine vs fp32 | max abs | NN match "
-        "| peak RSS GiB | RSS after GiB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    timing_rows: dict[str, dict[str, dict[str, object]]] = report["timing"]  # type: ignore[assignment]
-    memory_rows: dict[str, dict[str, dict[str, object]]] = report["memory"]  # type: ignore[assignment]
+def report(bench: Benchmark, timing_rows: dict[str, Any], memory_rows: dict[str, Any]) -> None:
+    """Figures per case and size, the table (time, speed-up, agreement, memory), a bar chart."""
+    table = []
     for size in sorted(set(timing_rows) | set(memory_rows), key=int):
         for case in MEMORY_CASES:
             row = timing_rows.get(size, {}).get(case, {})
             mem = memory_rows.get(size, {}).get(case, {})
-            agree: dict[str, float] = row.get("agreement_vs_torch_fp32", {})  # type: ignore[assignment]
-            median = row.get("median_s", f"{float(mem.get('first_run_s', 0)):.2f} (first run)")
-            speed = f"{row['speedup_vs_torch_fp32']}x" if row else "-"
-            cos = f"{agree['cosine']:.7f}" if agree else "-"
-            err = f"{agree['max_abs']:.2e}" if agree else "-"
-            peak = f"{float(mem['peak_rss_gib']):.2f}" if "peak_rss_gib" in mem else "-"
+            if row:
+                bench.timing_figure(f"{size} {case}", row["timing"], label=f"{size} px {case}")
+            if "peak_rss_gib" in mem:
+                bench.figure(f"{size} {case} peak", mem["peak_rss_gib"], "GiB")
+            agree = row.get("agreement_vs_torch_fp32", {})
             matched = row.get("match_agreement_vs_torch_fp32")
-            nn = f"{100 * float(matched):.2f}%" if matched is not None else "-"  # type: ignore[arg-type]
-            after = f"{float(mem['rss_after_gib']):.2f}" if "rss_after_gib" in mem else "-"
-            lines.append(
-                f"| {size} | {case} | {median} | {speed} | {cos} | {err} | {nn} | {peak} "
-                f"| {after} |"
+            table.append(
+                [
+                    size,
+                    case,
+                    row.get("median_s", f"{float(mem.get('first_run_s', 0)):.2f} (first run)"),
+                    f"{row['speedup_vs_torch_fp32']}x" if row else "-",
+                    f"{agree['cosine']:.7f}" if agree else "-",
+                    f"{agree['max_abs']:.2e}" if agree else "-",
+                    f"{100 * float(matched):.2f}%" if matched is not None else "-",
+                    mem.get("peak_rss_gib"),
+                    mem.get("rss_after_gib"),
+                ]
             )
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict[str, object], path: Path) -> None:
-    """Bar chart of median seconds per case and size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    timing_rows: dict[str, dict[str, dict[str, float]]] = report["timing"]  # type: ignore[assignment]
+    headers = ["size", "case", "median s", "vs torch fp32", "cosine vs fp32", "max abs"]
+    headers += ["NN match", "peak RSS GiB", "RSS after GiB"]
+    bench.table("image -> us6, batch 1", headers, table)
     sizes = sorted(timing_rows, key=int)
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    width = 0.8 / len(TIMED_CASES)
-    for i, case in enumerate(TIMED_CASES):
-        values = [timing_rows[size][case]["median_s"] for size in sizes]
-        positions = [j + i * width for j in range(len(sizes))]
-        axis.bar(positions, values, width, label=case)
-    axis.set_xticks([j + width for j in range(len(sizes))], [f"{s} px" for s in sizes])
-    axis.set_ylabel("median seconds (batch 1)")
-    axis.set_title(f"image -> us6, {report['arch']}, 2-core CPU")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def machine() -> str:
-    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
-    return cpu_description()
+    bench.bar_plot(
+        "image -> us6, batch 1",
+        "median seconds",
+        [f"{s} px" for s in sizes],
+        {case: [timing_rows[s][case]["median_s"] for s in sizes] for case in TIMED_CASES},
+    )
 
 
 def main() -> None:
@@ -399,23 +339,31 @@ def main() -> None:
         print(json.dumps(memory_case(args.memory_case, args.arch, graph, sizes[0])))
         return
     skipped = set(args.skip.split(","))
+    bench = Benchmark(NAME, "Image to us6 on the CPU: torch, ONNX Runtime, OpenVINO")
     make_runner("ov-f32", args.arch, graph, None)  # converts the graph to IR once, before timing
-    report: dict[str, object] = {
-        "arch": args.arch,
-        "machine": machine(),
-        "graph": str(graph),
-        "weights_gib": weight_bytes(graph) / 2**30,
-        "timing": timing(args.arch, graph, sizes, args.repeats),
-    }
-    print(json.dumps(report["timing"]), flush=True)
+    weights = weight_bytes(graph) / 2**30
+    timed = timing(args.arch, graph, sizes, args.repeats)
     gc.collect()
     cases = tuple(case for case in MEMORY_CASES if case not in skipped)
-    report["memory"] = memory(args.arch, graph, sizes, cases)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(markdown(report))
-    plot(report, RESULTS / f"{NAME}.png")
-    print(markdown(report))
+    memory_rows = memory(args.arch, graph, sizes, cases)
+    report(bench, timed, memory_rows)
+    bench.note(
+        f"{args.arch}, fp32 weights {weights:.2f} GiB; peak RSS target {1.5 * weights:.2f} GiB "
+        "(1.5x weights). Timed cases interleaved in one process; each memory case in a fresh "
+        "process, built and run three times."
+    )
+    for per_size in timed.values():
+        for case in per_size.values():
+            case["timing"] = case["timing"].to_dict()
+    bench.results = {
+        "arch": args.arch,
+        "graph": str(graph),
+        "weights_gib": weights,
+        "timing": timed,
+        "memory": memory_rows,
+    }
+    for path in bench.write():
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -55,3 +55,10 @@ def resident_gib() -> float:
     except OSError:
         return 0.0
     return pages * resource.getpagesize() / GIB
+
+
+def reset_peak() -> None:
+    """Start the kernel's high-water mark (VmHWM) afresh from the current resident set, so that
+    `process_peak_gib` then reports the peak of what follows (Linux; a no-op elsewhere)."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")

@@ -127,6 +127,34 @@ def measure(
     )
 
 
+def measure_interleaved(
+    runs: dict[str, Callable[[], object]],
+    protocol: Protocol | None = None,
+    clock: Clock = time.perf_counter,
+    load: LoadReader = load_average,
+    own_threads: int | None = None,
+) -> dict[str, Timing]:
+    """The same protocol for several cases at once, repeats interleaved (A, B, C, A, B, C, ...)
+    so that a noisy, shared machine slows every case alike and their ratios hold."""
+    protocol = protocol or Protocol()
+    before = load()
+    for _ in range(protocol.warmup):
+        for run in runs.values():
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(max(protocol.repeats, 1)):
+        for name, run in runs.items():
+            started = clock()
+            run()
+            samples[name].append(clock() - started)
+    after = load()
+    busy = is_busy(before, after, own_threads if own_threads is not None else _torch_threads())
+    return {
+        name: Timing(tuple(found), protocol.warmup, before, after, busy)
+        for name, found in samples.items()
+    }
+
+
 def _torch_threads() -> int:
     try:
         import torch
