@@ -12,13 +12,15 @@ Three parts, in one process, random weights (none can be downloaded here):
   (random weights: this checks plumbing and agreement, not quality).
 
     flock /tmp/cpu-heavy.lock python benchmarks/bench_dinov2.py
+
+Results: benchmarks/results/<machine-id>/dinov2.{json,md} (benchmarks/harness); a run of some
+parts keeps the other parts of this machine's last run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import tempfile
 import time
@@ -27,7 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from harness.results import machine_folder
+from harness.memory import process_peak_gib
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, measure
 from PIL import Image
 from rich.progress import Progress
 
@@ -44,7 +48,6 @@ from cleandift_deploy.models.dinov2 import random_dino
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.fusion import FusionExtractor
 
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "dinov2"
 SD_TAPS = ("us2", "us5", "us6", "us8")
 
@@ -61,20 +64,11 @@ def random_images(count: int, size: tuple[int, int], seed: int) -> list[np.ndarr
     return images
 
 
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def timed(run: Any, repeats: int) -> tuple[float, list[float], Any]:
-    """One warm-up call, then `repeats` timed calls: (median s, all s, last result)."""
-    result = run()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), seconds, result
+def timed(run: Any, repeats: int) -> tuple[Timing, Any]:
+    """The harness's protocol (one warm-up call, `repeats` timed calls) and the last result."""
+    result: list[Any] = [None]
+    timing = measure(lambda: result.__setitem__(0, run()), Protocol(warmup=1, repeats=repeats))
+    return timing, result[0]
 
 
 def dino_part(folder: Path, arch: str, size: int, repeats: int, seed: int) -> dict[str, Any]:
@@ -91,10 +85,11 @@ def dino_part(folder: Path, arch: str, size: int, repeats: int, seed: int) -> di
     images = random_images(2, (480, 640), seed)
     single = images[:1]
     ort = FeatureExtractor.load(graphs["fp32"]["path"], "onnxruntime")
-    ort_s, ort_runs, _ = timed(lambda: ort(single), repeats)
-    rss_ort = peak_rss_gb()
+    ort_timing, _ = timed(lambda: ort(single), repeats)
+    rss_ort = process_peak_gib()
     reference = FeatureExtractor.load(graphs["fp32"]["path"], "torch")
-    torch_s, torch_runs, _ = timed(lambda: reference(single), repeats)
+    torch_timing, _ = timed(lambda: reference(single), repeats)
+    ort_s, torch_s = ort_timing.median, torch_timing.median
     expected = reference(images)["dino"].numpy()
     found = ort(images)["dino"].numpy()
     fp16 = FeatureExtractor.load(graphs["fp16"]["path"], "onnxruntime")(images)["dino"].numpy()
@@ -103,7 +98,7 @@ def dino_part(folder: Path, arch: str, size: int, repeats: int, seed: int) -> di
         "size": size,
         "tokens": list(expected.shape[1:]),
         "seconds_per_image": {"onnxruntime": ort_s, "torch": torch_s},
-        "runs_s": {"onnxruntime": ort_runs, "torch": torch_runs},
+        "timing": {"onnxruntime": ort_timing.to_dict(), "torch": torch_timing.to_dict()},
         "speedup_ort_vs_torch": torch_s / ort_s,
         "fp32_vs_torch": vars(tap_agreement(expected, found)),
         "fp16_vs_torch": vars(tap_agreement(expected, fp16)),
@@ -140,6 +135,7 @@ def fusion_part(
         "dino_size": list(fusion.dino.image_size) if fusion.dino is not None else None,
         "descriptor_channels": int(pair.source.shape[0]),
         "seconds_per_pair": {k: statistics.median(v) for k, v in stages.items()},
+        "timing": {k: Timing.from_samples(v, warmup=1).to_dict() for k, v in stages.items()},
     }
 
 
@@ -190,10 +186,9 @@ def main() -> None:
     parser.add_argument("--fusion-repeats", type=int, default=1, help="pairs are slow at 960 px")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    bench = Benchmark(NAME, "DINOv2 and SD + DINOv2 fusion")
     report: dict[str, Any] = {
         "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
         "weights": f"random, seed {args.seed}",
         "repeats": args.repeats,
         "fusion_repeats": args.fusion_repeats,
@@ -216,85 +211,96 @@ def main() -> None:
         if "pck" in args.parts:
             report["pck"] = pck_part(folder, args.pairs, args.seed)
             progress.advance(task)
-    report["peak_rss_gb"] = peak_rss_gb()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    previous = RESULTS / f"{NAME}.json"
-    if previous.is_file():  # a partial run keeps the other parts of the last full one
-        report = {**json.loads(previous.read_text()), **report}
-    previous.write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(markdown(report))
-    print(markdown(report))
+    report["peak_rss_gb"] = process_peak_gib()
+    previous = bench.path("json")
+    if previous.is_file():  # a partial run keeps the other parts of this machine's last run
+        report = {**json.loads(previous.read_text()).get("results", {}), **report}
+    bench.results = report
+    write_report(bench, report)
+    for path in bench.write():
+        print(f"wrote {path}")
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as short tables."""
-    lines = [
-        f"# DINOv2 and SD + DINOv2 fusion on the CPU ({report['threads']} threads, "
-        f"{report['weights']} weights, median of {report['repeats']})",
-        "",
-    ]
+def write_report(bench: Benchmark, report: dict[str, Any]) -> None:
+    """Figures and tables of every part in the report."""
     if "dino" in report:
         d = report["dino"]
         s = d["seconds_per_image"]
-        lines += [
-            f"## {d['arch']} at {d['size']} px ({d['tokens'][1]}x{d['tokens'][2]} tokens), "
-            "one image",
-            "",
-            "| backend | s / image | vs torch | cos mean | cos min | rel. L2 | NN match |",
-            "|---|---|---|---|---|---|---|",
-            f"| torch fp32 (reference) | {s['torch']:.2f} | 1.00x | | | | |",
-        ]
+        for backend, found in d.get("timing", {}).items():
+            bench.timing_figure(
+                f"dino {backend}", Timing.from_dict(found), label=f"{d['arch']} {backend} / image"
+            )
+        bench.figure("dino speedup", d["speedup_ort_vs_torch"], "x", better="higher")
+        rows: list[list[Any]] = [["torch fp32 (reference)", s["torch"], "1.00x", "", "", "", ""]]
         for name, key, secs in (
             ("ONNX Runtime fp32", "fp32_vs_torch", s["onnxruntime"]),
             ("ONNX Runtime fp16 graph", "fp16_vs_torch", None),
         ):
             a = d[key]
-            speed = "" if secs is None else f"{secs:.2f}"
-            ratio = "" if secs is None else f"{s['torch'] / secs:.2f}x"
-            lines.append(
-                f"| {name} | {speed} | {ratio} | {a['cosine_mean']:.7f} | {a['cosine_min']:.7f} "
-                f"| {a['relative_l2']:.2e} | {a['match_agreement']:.3f} |"
+            rows.append(
+                [
+                    name,
+                    secs,
+                    None if secs is None else f"{s['torch'] / secs:.2f}x",
+                    f"{a['cosine_mean']:.7f}",
+                    f"{a['cosine_min']:.7f}",
+                    f"{a['relative_l2']:.2e}",
+                    f"{a['match_agreement']:.3f}",
+                ]
             )
-        lines += ["", f"Export seconds: {d['export_s']}.", ""]
+        bench.table(
+            f"{d['arch']} at {d['size']} px ({d['tokens'][1]}x{d['tokens'][2]} tokens), one image",
+            ["backend", "s / image", "vs torch", "cos mean", "cos min", "rel. L2", "NN match"],
+            rows,
+        )
+        bench.note(f"DINOv2 export seconds: {d['export_s']}.")
     if "fusion" in report:
         f = report["fusion"]
         st = f["seconds_per_pair"]
         total = sum(st.values())
-        lines += [
-            f"## GeoAware end to end, one pair ({f['sd_arch']} at {f['sd_size'][0]} px "
-            f"letterboxed + DINOv2 at {f['dino_size'][0]} px, ONNX Runtime; "
-            f"{f['descriptor_channels']}-d descriptors; median of {report['fusion_repeats']} "
-            "after a warm-up pair)",
-            "",
-            "| stage | s / pair | share |",
-            "|---|---|---|",
-            *(f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in st.items()),
-            "",
-        ]
+        for stage, found in f.get("timing", {}).items():
+            label = f"GeoAware {stage} / pair"
+            bench.timing_figure(f"fusion {stage}", Timing.from_dict(found), label=label)
+        bench.table(
+            f"GeoAware end to end, one pair ({f['sd_arch']} at {f['sd_size'][0]} px letterboxed + "
+            f"DINOv2 at {f['dino_size'][0]} px, ONNX Runtime; {f['descriptor_channels']}-d "
+            f"descriptors; median of {report['fusion_repeats']} after a warm-up pair)",
+            ["stage", "s / pair", "share"],
+            [[k, v, f"{v / total:.0%}"] for k, v in st.items()],
+        )
     if "pck" in report:
         p = report["pck"]
-        lines += [
-            f"## PCK per preset, PyTorch reference vs exported artifacts ({p['pairs']} synthetic "
-            f"pairs, {p['models']}: plumbing and agreement, not quality)",
-            "",
-            "| preset | PCK@0.1 torch | PCK@0.1 ONNX | PCK@0.05 torch | PCK@0.05 ONNX |"
-            " points agreeing |",
-            "|---|---|---|---|---|---|",
-        ]
+        rows = []
         for row in p["rows"]:
             a, b = row["pck_0.1_per_point"], row["pck_0.05_per_point"]
-            lines.append(
-                f"| {row['preset']} | {a['torch']:.3f} | {a['onnxruntime']:.3f} | "
-                f"{b['torch']:.3f} | {b['onnxruntime']:.3f} | "
-                f"{row['points_agreeing']:.1%} of {row['points']} |"
+            rows.append(
+                [
+                    row["preset"],
+                    a["torch"],
+                    a["onnxruntime"],
+                    b["torch"],
+                    b["onnxruntime"],
+                    f"{row['points_agreeing']:.1%} of {row['points']}",
+                ]
             )
-        lines.append("")
-    lines += [
-        f"Peak resident memory of the process: {report['peak_rss_gb']:.1f} GB. Everything ran in",
-        "one process on the same inputs; the machine may be shared, so compare ratios.",
-        "",
-    ]
-    return "\n".join(lines)
+        bench.table(
+            f"PCK per preset, PyTorch reference vs exported artifacts ({p['pairs']} synthetic "
+            f"pairs, {p['models']}: plumbing and agreement, not quality)",
+            [
+                "preset",
+                "PCK@0.1 torch",
+                "PCK@0.1 ONNX",
+                "PCK@0.05 torch",
+                "PCK@0.05 ONNX",
+                "points agreeing",
+            ],
+            rows,
+        )
+    bench.figure("peak rss", report["peak_rss_gb"], "GiB", label="peak RSS of the process")
+    bench.note(
+        f"{report['threads']} threads, {report['weights']} weights. Everything ran in one "
+        "process on the same inputs."
+    )
 
 
 if __name__ == "__main__":

@@ -94,6 +94,17 @@ class Timing:
         """Plain JSON values (seconds)."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, found: dict[str, Any]) -> Timing:
+        """A timing read back from a results file (`to_dict`'s output)."""
+        return cls(
+            samples=tuple(found["samples"]),
+            warmup=int(found["warmup"]),
+            load_before=tuple(found["load_before"]),
+            load_after=tuple(found["load_after"]),
+            busy=bool(found["busy"]),
+        )
+
 
 def measure(
     run: Callable[[], object],
