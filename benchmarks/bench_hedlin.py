@@ -16,27 +16,30 @@ every optimisation step and readout round, and extrapolates to the reference's 1
 16 x other round) x embeddings / keypoints. Each case runs in a fresh subprocess (own peak RSS).
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_hedlin.py
+    python benchmarks/bench_hedlin.py --cases tiny-quick     # seconds: a check of the script
+
+Results: benchmarks/results/<machine-id>/hedlin.{json,md} (benchmarks/harness); a run of some
+cases keeps this machine's other cases.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-from harness.results import machine_folder
+from harness.memory import process_peak_gib
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, measure
 
-from cleandift_deploy.runtime.machine import cpu_description
-
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "hedlin"
 REFERENCE_STEPS, REFERENCE_CROPS, CORNERS = 129, 20, 4
 CASES: dict[str, dict[str, Any]] = {
+    "tiny-quick": {"arch": "tiny", "size": 64, "keypoints": 2, "inits": 2, "steps": 2, "crops": 5},
     "tiny": {"arch": "tiny", "size": 64, "keypoints": 10, "inits": 5, "steps": 4, "crops": 6},
     "sd15": {"arch": "sd15", "size": 128, "keypoints": 10, "inits": 2, "steps": 2, "crops": 5},
     "sd15-512": {"arch": "sd15", "size": 512, "keypoints": 2, "inits": 1, "steps": 1, "crops": 5},
@@ -105,12 +108,20 @@ def run_child(name: str, mode: str, threads: int) -> dict[str, Any]:
     )
     warm.match(source, target, points[:1])
     stamps: list[float] = []
-    start = time.perf_counter()
-    result = matcher.match(
-        source, target, points, progress=lambda _n: stamps.append(time.perf_counter())
-    )
-    total = time.perf_counter() - start
-    phases = _split(stamps, start, case, batched)
+    begun: list[float] = []
+    found: list[Any] = []
+
+    def match() -> None:
+        begun.append(time.perf_counter())
+        found.append(
+            matcher.match(
+                source, target, points, progress=lambda _n: stamps.append(time.perf_counter())
+            )
+        )
+
+    timing = measure(match, Protocol(warmup=0, repeats=1))  # warmed up above; minutes per run
+    total, result = timing.median, found[0]
+    phases = _split(stamps, begun[0], case, batched)
     units = phases.pop("units")
     full = (
         REFERENCE_STEPS * phases["step_s"]
@@ -125,7 +136,8 @@ def run_child(name: str, mode: str, threads: int) -> dict[str, Any]:
             full * (1 if batched else units) / case["keypoints"]
         ),
         **phases,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "peak_rss_gib": process_peak_gib(),
+        "timing": timing.to_dict(),
         "points": result.points.tolist(),
         "losses": result.optimised.losses.flatten().tolist(),
         "threads": threads,
@@ -151,55 +163,79 @@ def _compare(loop: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "# Hedlin et al.: batched + pruned vs the reference's one-at-a-time loop",
-        "",
-        f"CPU: {results['cpu']}; torch threads {results['threads']}. Random weights.",
-        "Measured at reduced settings (columns 'case'); 'ref. settings' extrapolates the timed",
-        "steps and rounds to 129 steps + 20 readout crops (see the script's docstring).",
-        "",
-        "| arch | case | mode | s total | s / keypoint | s / keypoint, ref. settings "
-        "| peak RSS GiB |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def report(bench: Benchmark, results: dict[str, Any]) -> None:
+    """Figures per case and mode, the two tables."""
+    rows, comparisons = [], []
     for name, entry in results["cases"].items():
-        case = CASES[name]
+        case = entry.get("settings", CASES.get(name, {}))
         label = (
             f"{case['size']} px, {case['keypoints']} kp x {case['inits']} inits, "
             f"{case['steps']} steps, {case['crops']} crops"
         )
         for mode in ("loop", "batched"):
             run = entry[mode]
-            lines.append(
-                f"| {case['arch']} | {label} | {mode} | {run['seconds']:.1f} | "
-                f"{run['seconds_per_keypoint']:.2f} | "
-                f"{run['reference_settings_seconds_per_keypoint']:.1f} | "
-                f"{run['peak_rss_gib']:.2f} |"
+            if "timing" in run:
+                bench.timing_figure(f"{name} {mode}", Timing.from_dict(run["timing"]))
+            bench.figure(
+                f"{name} {mode} ref s/kp",
+                run["reference_settings_seconds_per_keypoint"],
+                "s",
+                label=f"{name} {mode}: s / keypoint at the reference's settings",
             )
-    lines += [
-        "",
-        "| arch | speed-up measured | speed-up at ref. settings | same predictions "
-        "| max loss rel. diff |",
-        "|---|---|---|---|---|",
-    ]
-    for name, entry in results["cases"].items():
+            rows.append(
+                [
+                    case["arch"],
+                    label,
+                    mode,
+                    run["seconds"],
+                    run["seconds_per_keypoint"],
+                    run["reference_settings_seconds_per_keypoint"],
+                    run["peak_rss_gib"],
+                ]
+            )
         c = entry["comparison"]
-        lines.append(
-            f"| {CASES[name]['arch']} | {c['speedup_measured']:.2f}x | "
-            f"{c['speedup_reference_settings']:.2f}x | {c['same_predictions']} | "
-            f"{c['max_loss_rel_diff']:.1e} |"
+        comparisons.append(
+            [
+                name,
+                f"{c['speedup_measured']:.2f}x",
+                f"{c['speedup_reference_settings']:.2f}x",
+                c["same_predictions"],
+                f"{c['max_loss_rel_diff']:.1e}",
+            ]
         )
-    return "\n".join(lines) + "\n"
-
-
-def _cpu_name() -> str:
-    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
-    return cpu_description()
+    bench.table(
+        "Batched + pruned vs the reference's one-at-a-time loop",
+        [
+            "arch",
+            "case",
+            "mode",
+            "s total",
+            "s / keypoint",
+            "s / keypoint, ref. settings",
+            "peak RSS GiB",
+        ],
+        rows,
+    )
+    bench.table(
+        "Speed-up and agreement",
+        [
+            "case",
+            "speed-up measured",
+            "speed-up at ref. settings",
+            "same predictions",
+            "max loss rel. diff",
+        ],
+        comparisons,
+    )
+    bench.note(
+        f"torch threads {results['threads']}. Random weights. Measured at reduced settings "
+        "(column 'case'); 'ref. settings' extrapolates the timed steps and rounds to 129 steps + "
+        "20 readout crops (see the script's docstring). Each case in a fresh process."
+    )
 
 
 def main() -> None:
-    """Run every case (or `--cases`) in both modes; merge into results/hedlin.{json,md}."""
+    """Run every case (or `--cases`) in both modes; merge into this machine's hedlin results."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", nargs=2, metavar=("CASE", "MODE"))
     parser.add_argument("--cases", default="tiny,sd15", help=f"of {', '.join(CASES)}")
@@ -210,11 +246,10 @@ def main() -> None:
         return
     from rich.progress import track
 
-    from cleandift_deploy.atomic import write_text_atomic
-
-    path = RESULTS / f"{NAME}.json"
-    earlier = json.loads(path.read_text())["cases"] if path.is_file() else {}
-    results: dict[str, Any] = {"cpu": _cpu_name(), "threads": args.threads, "cases": earlier}
+    bench = Benchmark(NAME, "Hedlin et al.: batched vs one-at-a-time")
+    path = bench.path("json")
+    earlier = json.loads(path.read_text())["results"]["cases"] if path.is_file() else {}
+    results: dict[str, Any] = {"threads": args.threads, "cases": earlier}
     names = args.cases.split(",")
     for name in track(names, description="hedlin cases"):
         loop = _run_case(name, "loop", args.threads)
@@ -225,10 +260,10 @@ def main() -> None:
             "batched": batched,
             "comparison": _compare(loop, batched),
         }
-    RESULTS.mkdir(exist_ok=True)
-    write_text_atomic(RESULTS / f"{NAME}.json", json.dumps(results, indent=1))
-    write_text_atomic(RESULTS / f"{NAME}.md", _markdown(results))
-    print(_markdown(results))
+    report(bench, results)
+    bench.results = results
+    for written in bench.write():
+        print(f"wrote {written}")
 
 
 if __name__ == "__main__":

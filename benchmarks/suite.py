@@ -130,7 +130,7 @@ SUITE = (
         "Hedlin et al.: batched vs one-at-a-time",
         "bench_hedlin.py",
         (),
-        ("--cases", "tiny"),
+        ("--cases", "tiny-quick"),
         30,
         60,
     ),
