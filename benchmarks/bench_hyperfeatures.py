@@ -14,6 +14,10 @@
 Random weights (tiny and/or the SD 1.5 architecture at 512 px):
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_hyperfeatures.py --arch tiny sd15
+
+Results: benchmarks/results/<machine-id>/hyperfeatures.{json,md} (benchmarks/harness: per-step
+times as harness timings, the export comparison with its interleaved protocol); a run of some
+architectures keeps this machine's others.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from harness.results import machine_folder
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, measure_interleaved
 
-from cleandift_deploy.runtime.machine import cpu_description
-
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "hyperfeatures"
 SIZES = {"tiny": 64, "sd15": 512}
 
@@ -83,14 +84,16 @@ def bench_training(arch: str, steps: int, loop_steps: int, work: Path) -> dict[s
     fill = time.perf_counter() - started
     images = len({p for pair in pairs for p in (pair.source_path, pair.target_path)})
     in_loop = MapStore(extractor, FeatureCache(None, memory_items=0))
-    fast = _step_times(cached, pairs, steps, extractor.channels)
-    slow = _step_times(in_loop, pairs, loop_steps, extractor.channels)
-    cached_s, loop_s = statistics.median(fast[1:]), statistics.median(slow[1:])
+    fast = Timing.from_samples(_step_times(cached, pairs, steps, extractor.channels)[1:], 1)
+    slow = Timing.from_samples(_step_times(in_loop, pairs, loop_steps, extractor.channels)[1:], 1)
+    cached_s, loop_s = fast.median, slow.median
     return {
         "arch": arch,
         "image_size": SIZES[arch],
-        "cached_steps": len(fast),
-        "unet_in_loop_steps": len(slow),
+        "cached_steps": len(fast.samples) + 1,
+        "unet_in_loop_steps": len(slow.samples) + 1,
+        "cached_timing": fast.to_dict(),
+        "unet_in_loop_timing": slow.to_dict(),
         "cached_step_s": cached_s,
         "unet_in_loop_step_s": loop_s,
         "cached_steps_per_s": 1 / cached_s,
@@ -151,16 +154,13 @@ def bench_export(arch: str, repeats: int, work: Path) -> dict[str, Any]:
     def run_ort() -> np.ndarray:
         return session.run([OUTPUT], {"image": image})[0]
 
-    outputs = {"torch": run_torch(), "onnxruntime": run_ort()}  # warm-up
-    times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
-    for _ in range(repeats):
-        for case, run in (("torch", run_torch), ("onnxruntime", run_ort)):
-            started = time.perf_counter()
-            outputs[case] = run()
-            times[case].append(time.perf_counter() - started)
-    ref, got = (outputs[c][0].reshape(384, -1).T.astype(np.float64) for c in times)
+    outputs = {"torch": run_torch(), "onnxruntime": run_ort()}  # the warm-up
+    timings = measure_interleaved(
+        {"torch": run_torch, "onnxruntime": run_ort}, Protocol(warmup=0, repeats=repeats)
+    )
+    ref, got = (outputs[c][0].reshape(384, -1).T.astype(np.float64) for c in timings)
     cosine = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
-    torch_s, ort_s = (statistics.median(times[c]) for c in ("torch", "onnxruntime"))
+    torch_s, ort_s = (timings[c].median for c in ("torch", "onnxruntime"))
     return {
         "arch": arch,
         "image_size": size,
@@ -171,62 +171,88 @@ def bench_export(arch: str, repeats: int, work: Path) -> dict[str, Any]:
         "onnxruntime_s": ort_s,
         "speedup": torch_s / ort_s,
         "repeats": repeats,
+        "timing": {c: t.to_dict() for c, t in timings.items()},
         "cosine_min": float(cosine.min()),
     }
 
 
-def write(results: dict[str, Any]) -> None:
-    """JSON and a Markdown table under benchmarks/results/."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [
-        "# Diffusion Hyperfeatures on the CPU",
-        "",
-        f"Machine: {results['machine']}, shared with other jobs. Command: "
-        "`flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_hyperfeatures.py "
-        "--arch ARCH` (one run per architecture). Random weights.",
-        "",
-        "## Training steps per second (one-step variant, one pair per step)",
-        "",
-        "| arch | px | threads | cached (s/step) | UNet in the loop (s/step) | speed-up "
-        "| cache fill |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def write(bench: Benchmark, results: dict[str, Any]) -> None:
+    """Figures and tables of every architecture measured on this machine, then the files."""
+    bench.figures, bench.tables, bench.notes = [], [], []
+    rows = []
     for r in results["training"]:
-        lines.append(
-            f"| {r['arch']} | {r['image_size']} | {r['threads']} | {r['cached_step_s']:.3f} "
-            f"({r['cached_steps_per_s']:.2f}/s) | {r['unet_in_loop_step_s']:.3f} "
-            f"({r['unet_in_loop_steps_per_s']:.3f}/s) | {r['speedup']:.1f}x | "
-            f"{r['cache_fill_s']:.1f} s for {r['cache_fill_images']} images |"
+        for key in ("cached", "unet_in_loop"):
+            if f"{key}_timing" in r:
+                label = f"{r['arch']} {key.replace('_', ' ')} training step"
+                timing = Timing.from_dict(r[f"{key}_timing"])
+                bench.timing_figure(f"{r['arch']} {key} step", timing, label=label)
+        rows.append(
+            [
+                r["arch"],
+                r["image_size"],
+                r["threads"],
+                f"{r['cached_step_s']:.3f} ({r['cached_steps_per_s']:.2f}/s)",
+                f"{r['unet_in_loop_step_s']:.3f} ({r['unet_in_loop_steps_per_s']:.3f}/s)",
+                f"{r['speedup']:.1f}x",
+                f"{r['cache_fill_s']:.1f} s for {r['cache_fill_images']} images",
+            ]
         )
-    lines += [
-        "",
-        "## Exported one-step graph (fp32, batch 1) vs PyTorch eager",
-        "",
-        "| arch | px | threads | output | export | PyTorch | ONNX Runtime | speed-up "
-        "| min cosine |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    bench.table(
+        "Training steps per second (one-step variant, one pair per step)",
+        [
+            "arch",
+            "px",
+            "threads",
+            "cached (s/step)",
+            "UNet in the loop (s/step)",
+            "speed-up",
+            "cache fill",
+        ],
+        rows,
+    )
+    rows = []
     for r in results["export"]:
-        lines.append(
-            f"| {r['arch']} | {r['image_size']} | {r['threads']} | "
-            f"{'x'.join(map(str, r['output']))} | "
-            f"{r['export_s']:.0f} s, {r['onnx_mb']:.0f} MB | {r['torch_s']:.3f} s | "
-            f"{r['onnxruntime_s']:.3f} s | {r['speedup']:.2f}x | {r['cosine_min']:.7f} |"
+        for case, found in r.get("timing", {}).items():
+            label = f"{r['arch']} exported graph, {case}"
+            bench.timing_figure(f"{r['arch']} graph {case}", Timing.from_dict(found), label=label)
+        rows.append(
+            [
+                r["arch"],
+                r["image_size"],
+                r["threads"],
+                "x".join(map(str, r["output"])),
+                f"{r['export_s']:.0f} s, {r['onnx_mb']:.0f} MB",
+                f"{r['torch_s']:.3f} s",
+                f"{r['onnxruntime_s']:.3f} s",
+                f"{r['speedup']:.2f}x",
+                f"{r['cosine_min']:.7f}",
+            ]
         )
-    (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+    bench.table(
+        "Exported one-step graph (fp32, batch 1) vs PyTorch eager",
+        [
+            "arch",
+            "px",
+            "threads",
+            "output",
+            "export",
+            "PyTorch",
+            "ONNX Runtime",
+            "speed-up",
+            "min cosine",
+        ],
+        rows,
+    )
+    bench.note("Random weights; cached steps read both images' maps from disk (memory_items=0).")
+    bench.results = results
+    for path in bench.write():
+        print(f"wrote {path}")
 
 
-def machine() -> str:
-    """The CPU, from the one machine description (cleandift_deploy.runtime.machine)."""
-    return cpu_description()
-
-
-def previous(archs: list[str]) -> dict[str, Any]:
-    """Earlier results of other architectures (each run replaces its own), so a light run and a
-    heavy one can be made at different times."""
-    path = RESULTS / f"{NAME}.json"
-    found = json.loads(path.read_text()) if path.is_file() else {}
+def previous(path: Path, archs: list[str]) -> dict[str, Any]:
+    """This machine's earlier results of other architectures (each run replaces its own), so a
+    light run and a heavy one can be made at different times."""
+    found = json.loads(path.read_text())["results"] if path.is_file() else {}
     kept = {
         part: [r for r in found.get(part, []) if r["arch"] not in archs]
         for part in ("training", "export")
@@ -247,8 +273,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = previous(args.arch)
-    results["machine"] = machine()
+    bench = Benchmark(NAME, "Diffusion Hyperfeatures training and export")
+    results = previous(bench.path("json"), args.arch)
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         work = Path(folder)
         for arch in args.arch:
@@ -258,7 +284,7 @@ def main() -> None:
             print(json.dumps(results["training"][-1]), flush=True)
             results["export"].append({**bench_export(arch, args.repeats, work), **threads})
             print(json.dumps(results["export"][-1]), flush=True)
-            write(results)
+            write(bench, results)
 
 
 if __name__ == "__main__":
