@@ -1,7 +1,7 @@
 """One CleanDIFT training step of the full SD2.1 architecture (random weights) on this CPU, and
 the memory plan it implies for an A100-80GB (batch 8 at 768 px).
 
-Each case runs in a fresh subprocess (so `ru_maxrss` is that case's own peak):
+Each case runs in a fresh subprocess (so the high-water mark is that case's own peak):
 - `step-*`: a whole optimiser step as `Trainer.step` does it (VAE encode, teacher at 3 stratified
   timesteps, student, heads, loss, backward, Adam) for the `us6` tap at batch 1; time is the
   median of the timed repeats after one warm-up step (which also allocates Adam's state);
@@ -15,23 +15,24 @@ scales the per-image figure by the token count (96x96 / latent^2) and adds weigh
 Adam state from the parameter counts.
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_train_step.py
+
+Results: benchmarks/results/<machine-id>/train_step[_ARCH].{json,md} (benchmarks/harness: its
+timing protocol, interleaved for `pairs-*`, and its peak-memory reader).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
-from harness.results import machine_folder
+from harness.memory import process_peak_gib, resident_gib
+from harness.run import Benchmark
+from harness.timing import Protocol, Timing, measure, measure_interleaved
 from rich.progress import track
 
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "train_step"
 ALL_TAPS = ("mid", "us1", "us2", "us3", "us4", "us5", "us6", "us7", "us8", "us9", "us10")
 CASES: dict[str, dict[str, Any]] = {
@@ -48,16 +49,6 @@ CASES: dict[str, dict[str, Any]] = {
 GIB = 1024**3
 A100_BYTES = 80e9
 TARGET_BATCH, TARGET_LATENT = 8, 96
-
-
-def _peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _rss_bytes() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def probe(name: str, arch: str, latent: int, repeats: int) -> dict[str, Any]:
@@ -95,8 +86,7 @@ def probe(name: str, arch: str, latent: int, repeats: int) -> dict[str, Any]:
             t: -torch.cosine_similarity(projected[t], targets[t], dim=1).mean() for t in targets
         }
 
-    def one_step(reference: bool = False) -> float:
-        started = time.perf_counter()
+    def one_step(reference: bool = False) -> None:
         latents = encode_latents(vae, images, "sample", generator)
         timesteps = stratified_timesteps(batch, 3, generator)
         noise = torch.randn(timesteps.numel(), *latents.shape[1:], generator=generator)
@@ -109,29 +99,31 @@ def probe(name: str, arch: str, latent: int, repeats: int) -> dict[str, Any]:
         if case["mode"] == "step":
             optimizer.step()
         optimizer.zero_grad(set_to_none=case["mode"] == "step")
-        return time.perf_counter() - started
 
-    before = _rss_bytes()
-    times, reference_times = [], []
-    for _ in range(1 + repeats):
-        times.append(one_step())
-        if case["mode"] == "pairs":
-            reference_times.append(one_step(reference=True))
+    before = resident_gib() * GIB
+    runs = {"ours": one_step}
+    if case["mode"] == "pairs":
+        runs["per-pair"] = lambda: one_step(reference=True)
+    # the warm-up step (it also allocates Adam's state) is timed on its own, for the table
+    warmup = {k: measure(run, Protocol(warmup=0, repeats=1)).median for k, run in runs.items()}
+    timings = measure_interleaved(runs, Protocol(warmup=0, repeats=repeats))
     extra = {}
-    if reference_times:
-        reference_median = statistics.median(reference_times[1:])
+    if "per-pair" in timings:
+        reference = timings["per-pair"]
         extra = {
-            "reference_seconds": reference_times[1:],
-            "reference_median_s": reference_median,
-            "speedup_vs_per_pair": reference_median / statistics.median(times[1:]),
+            "reference_seconds": list(reference.samples),
+            "reference_median_s": reference.median,
+            "reference_timing": reference.to_dict(),
+            "speedup_vs_per_pair": reference.median / timings["ours"].median,
         }
     return {
         **extra,
-        "seconds": times[1:],
-        "median_s": statistics.median(times[1:]),
-        "warmup_s": times[0],
+        "seconds": list(timings["ours"].samples),
+        "median_s": timings["ours"].median,
+        "timing": timings["ours"].to_dict(),
+        "warmup_s": warmup["ours"],
         "rss_before_step_bytes": before,
-        "peak_bytes": _peak_bytes(),
+        "peak_bytes": process_peak_gib() * GIB,
         "trainable_params": sum(p.numel() for p in trainable),
         "teacher_params": sum(p.numel() for p in distiller.teacher.parameters()),
         "head_params": sum(p.numel() for p in distiller.heads.parameters()),
@@ -185,26 +177,38 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.1f}"
 
 
-def markdown(
-    results: dict[str, dict[str, Any]], plan: dict[str, Any], arch: str, latent: int
-) -> str:
-    """A table of the cases and the memory plan."""
-    lines = [
-        f"# One training step, {arch} architecture (random weights), latent {latent}x{latent} "
-        f"({latent * 8} px), CPU",
-        "",
-        "| case | taps | batch | median step s | warm-up s | peak RSS GiB | RSS before GiB |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def report(
+    bench: Benchmark,
+    results: dict[str, dict[str, Any]],
+    plan: dict[str, Any],
+    arch: str,
+    latent: int,
+) -> None:
+    """Figures, the table of the cases and the memory plan."""
+    rows = []
     for name, r in results.items():
+        bench.timing_figure(f"{name} step", Timing.from_dict(r["timing"]))
+        bench.figure(f"{name} peak", r["peak_bytes"] / GIB, "GiB", label=f"{name} peak RSS")
         taps = "all 11" if len(r["taps"]) == len(ALL_TAPS) else ",".join(r["taps"])
-        lines.append(
-            f"| {name} | {taps} | {r['batch']} | {r['median_s']:.1f} | {r['warmup_s']:.1f} | "
-            f"{_gib(r['peak_bytes'])} | {_gib(r['rss_before_step_bytes'])} |"
+        rows.append(
+            [
+                name,
+                taps,
+                r["batch"],
+                r["median_s"],
+                r["warmup_s"],
+                _gib(r["peak_bytes"]),
+                _gib(r["rss_before_step_bytes"]),
+            ]
         )
+    bench.table(
+        f"One training step, {arch} architecture (random weights), latent {latent}x{latent} "
+        f"({latent * 8} px), CPU",
+        ["case", "taps", "batch", "median step s", "warm-up s", "peak RSS GiB", "RSS before GiB"],
+        rows,
+    )
     pairs = results["pairs-fp32-us6-b1"]
-    lines += [
-        "",
+    lines = [
         f"Student once per image vs once per (image, t) (forward + backward, us6, batch 1, "
         f"interleaved): {pairs['median_s']:.1f} s vs {pairs['reference_median_s']:.1f} s, "
         f"x{pairs['speedup_vs_per_pair']:.2f}.",
@@ -223,7 +227,7 @@ def markdown(
             f"({'fits' if p['fits_a100_80gb'] else 'does not fit'}; largest batch that fits in "
             f"90% of 80 GB: {p['max_batch_a100_80gb']})"
         )
-    return "\n".join(lines) + "\n"
+    bench.note("\n".join(lines))
 
 
 def main() -> None:
@@ -236,18 +240,18 @@ def main() -> None:
     if args.probe:
         print(json.dumps(probe(args.probe, args.arch, args.latent, args.repeats)))
         return
+    bench = Benchmark(NAME, "One training step")
+    if args.arch != "sd21" and not bench.quick:
+        bench.name = f"{NAME}_{args.arch}"  # a dry run never stands in for the full one
     results = {}
     for name in track(list(CASES), description="cases"):
         results[name] = run_case(name, args.arch, args.latent, args.repeats)
         print(name, f"{results[name]['median_s']:.1f} s", _gib(results[name]["peak_bytes"]), "GiB")
     plan = memory_plan(results, args.latent)
-    text = markdown(results, plan, args.arch, args.latent)
-    record = {"arch": args.arch, "latent": args.latent, "cases": results, "plan": plan}
-    name = NAME if args.arch == "sd21" else f"{NAME}_{args.arch}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2))
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    report(bench, results, plan, args.arch, args.latent)
+    bench.results = {"arch": args.arch, "latent": args.latent, "cases": results, "plan": plan}
+    for path in bench.write():
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
