@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from harness.context import CONTEXT_ENV, QUICK_ENV, save_context
-from harness.index import Planned, docs_pages, index_markdown
+from harness.index import Planned, docs_nav, docs_pages, index_markdown
 from harness.results import RESULTS
 from harness.run import Benchmark
 
@@ -31,6 +31,7 @@ from cleandift_deploy.atomic import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs" / "performance"
+MKDOCS = HERE.parent / "mkdocs.yml"
 
 
 @dataclass(frozen=True)
@@ -192,13 +193,18 @@ def estimate(entries: list[Entry], quick: bool) -> str:
     )
 
 
-def write_index(root: Path = RESULTS, docs: Path = DOCS) -> None:
-    """Regenerate benchmarks/results/README.md and the docs' performance pages."""
+def write_index(root: Path = RESULTS, docs: Path = DOCS, mkdocs: Path = MKDOCS) -> None:
+    """Regenerate benchmarks/results/README.md, the docs' performance pages and their nav."""
     write_text_atomic(root / "README.md", index_markdown(root, PLANNED))
     if docs.parent.is_dir():
         docs.mkdir(exist_ok=True)
-        for name, text in docs_pages(root, PLANNED).items():
+        pages = docs_pages(root, PLANNED)
+        for stale in set(p.name for p in docs.glob("*.md")) - set(pages):
+            (docs / stale).unlink()  # a benchmark whose results are gone
+        for name, text in pages.items():
             write_text_atomic(docs / name, text)
+    if mkdocs.is_file():
+        write_text_atomic(mkdocs, docs_nav(mkdocs.read_text(), root))
 
 
 def record_skip(entry: Entry, context_file: Path, quick: bool, reason: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from harness.index import Planned, docs_pages, index_markdown  # noqa: E402
+from harness.index import Planned, docs_nav, docs_pages, index_markdown  # noqa: E402
 from harness.results import SCHEMA, load_results, validate  # noqa: E402
 from harness.run import Benchmark  # noqa: E402
 from harness.timing import Protocol, Timing, measure  # noqa: E402
@@ -222,7 +222,7 @@ def test_every_docs_figure_has_a_results_file_behind_it() -> None:
 
 
 def test_index_and_docs_pages_are_regenerated_from_the_results() -> None:
-    from suite import DOCS, PLANNED
+    from suite import DOCS, MKDOCS, PLANNED
 
     root = REPO / "benchmarks" / "results"
     assert load_results(root) or (root / "README.md").exists()
@@ -231,6 +231,9 @@ def test_index_and_docs_pages_are_regenerated_from_the_results() -> None:
     if DOCS.is_dir():
         for name, text in docs_pages(root, PLANNED).items():
             assert (DOCS / name).read_text() == text, f"docs/performance/{name}: make bench-index"
+        assert sorted(p.name for p in DOCS.glob("*.md")) == sorted(docs_pages(root, PLANNED))
+    if MKDOCS.is_file():
+        assert MKDOCS.read_text() == docs_nav(MKDOCS.read_text(), root), "nav: make bench-index"
 
 
 def test_a_record_without_a_machine_is_refused() -> None:
