@@ -5,6 +5,7 @@ and a tiny DINOv2 saved by transformers' `save_pretrained`, under the real repo 
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,16 @@ def _pre_norm_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tens
     return model(_normalised(images), output_hidden_states=True).hidden_states[-1]
 
 
-def test_dinov2_by_repo_id_exports_equal_to_transformers_forward(tmp_path: Path) -> None:
+def _no_network(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("a model source tried to reach the network")
+
+
+def test_dinov2_by_repo_id_exports_equal_to_transformers_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # no reliance on it: any connection attempt fails
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    monkeypatch.setattr(socket, "create_connection", _no_network)
     out = tmp_path / "dino.onnx"
     assert (
         run_cli(
