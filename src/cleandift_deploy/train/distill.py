@@ -74,6 +74,16 @@ class Distiller(nn.Module):
         tap, the heads (with the mapping network) and the learned timestep."""
         return [*self.student.parameters(), *self.heads.parameters(), self.timestep]
 
+    def forward(
+        self,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        timesteps: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """`losses(...)`: the call DDP wraps (its gradient hooks attach to `forward`)."""
+        return self.losses(latents, context, timesteps, noise)
+
     def losses(
         self,
         latents: torch.Tensor,

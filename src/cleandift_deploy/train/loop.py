@@ -1,16 +1,22 @@
 """The training loop: batches, the VAE, the optimiser step, warm-up, checkpoints and resume.
 
-Randomness has two sources, both restored on resume: the image order is a function of
-(seed, sample position), and the VAE sampling, teacher timesteps and noise come from one CPU
-generator whose state is saved. On the CPU, N steps + resume + M steps therefore equals N + M
-steps in one go, bit for bit.
+Randomness is a function of the run's position, so nothing but the position needs saving: the
+image order is a function of (seed, sample position), and each image's VAE sample, teacher
+timesteps and noise come from its own generator seeded by (seed, sample position, step)
+(`distributed.sample_generator`). On the CPU, N steps + resume + M steps therefore equals N + M
+steps in one go, bit for bit, and the draws do not depend on how many processes share the batch.
+
+Under torchrun or Ray Train (`world` from `distributed.init`) each rank reads its slice of every
+global batch (`--batch-size` is the global batch), the student trains under DDP (gradients averaged
+over ranks: the loss is the mean over the global batch), the logged losses are averaged over
+ranks, and only rank 0 writes the student and the state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +31,16 @@ from .conditioning import Conditioning
 from .data import ImageFolder, SampleOrder
 from .deployable import StudentFiles, save_student, student_files
 from .distill import Distiller
+from .distributed import (
+    World,
+    accumulate,
+    freeze_except,
+    mean_over_ranks,
+    on_main,
+    rank_positions,
+    sample_generator,
+    wrap,
+)
 from .heads import HeadConfig
 from .noising import stratified_timesteps
 from .state import (
@@ -33,7 +49,7 @@ from .state import (
     SavedState,
     read_state,
     restore_model,
-    restore_optimizer_and_rng,
+    restore_optimizer_state,
     save_state,
 )
 
@@ -100,11 +116,22 @@ def learning_rate(step: int, base: float, warmup: int) -> float:
 
 @torch.no_grad()
 def encode_latents(
-    vae: AutoencoderKL, images: torch.Tensor, mode: LatentMode, generator: torch.Generator
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    mode: LatentMode,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> torch.Tensor:
-    """Scaled VAE latents of images in [-1, 1]: the posterior mean or a sample of it."""
+    """Scaled VAE latents of images in [-1, 1]: the posterior mean or a sample of it (with one
+    generator per image, each image's draw is its own: independent of the batch it sits in)."""
     posterior = vae.encode(images).latent_dist
-    latents = posterior.mode() if mode == "mean" else posterior.sample(generator)
+    if mode == "mean":
+        latents = posterior.mode()
+    elif isinstance(generator, torch.Generator):
+        latents = posterior.sample(generator)
+    else:
+        shape = posterior.mean.shape[1:]
+        eps = torch.stack([torch.randn(shape, generator=g) for g in generator])
+        latents = posterior.mean + posterior.std * eps.to(posterior.mean)
     shift = vae.config.get("shift_factor") or 0.0
     return (latents - shift) * vae.config.scaling_factor
 
@@ -123,11 +150,13 @@ class Trainer:
         *,
         device: str = "cpu",
         resume: bool = False,
+        world: World | None = None,
     ) -> None:
         settings.check()
         self.inputs, self.settings, self.out = inputs, settings, out
-        self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.world = world or World(device=torch.device(device))
+        self.device = self.world.device
+        rank_positions(0, settings.batch_size, self.world)  # refuses an indivisible batch
         self.order = SampleOrder(len(inputs.data), settings.seed)
         self.distiller = Distiller(
             inputs.teacher.unet,
@@ -144,10 +173,14 @@ class Trainer:
             restore_model(self.distiller, saved)
             self.progress = saved.progress
         self.distiller.to(self.device).train()
+        freeze_except(self.distiller, self.distiller.trainable_parameters())
+        self.model = wrap(self.distiller, self.world)
         self.inputs.vae.to(self.device)
         self.optimizer = torch.optim.Adam(self.distiller.trainable_parameters(), lr=settings.lr)
         if saved is not None:
-            restore_optimizer_and_rng(self.optimizer, self.generator, saved)
+            restore_optimizer_state(
+                self.optimizer, saved.tensors, saved.metadata["optimizer_groups"]
+            )
 
     @property
     def state_path(self) -> Path:
@@ -179,48 +212,58 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = self.order.indices(self.progress.cursor, self.settings.batch_size)
-        self.progress.cursor += len(indices)
+    def _batch(self, positions: range) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = self.order.indices(positions.start, len(positions))
         data = self.inputs.data
         images = torch.stack([data.load(i) for i in indices]).to(self.device)
         context = self.inputs.conditioning([data.caption(i) for i in indices])
         return images, context.to(self.device)
 
-    def _micro_step(self) -> dict[str, torch.Tensor]:
-        images, context = self._batch()
-        latents = encode_latents(self.inputs.vae, images, self.settings.latent, self.generator)
-        timesteps = stratified_timesteps(
-            latents.shape[0], self.settings.timesteps_per_image, self.generator
-        )
-        noise = torch.randn((timesteps.numel(), *latents.shape[1:]), generator=self.generator).to(
-            self.device
+    def _micro_step(self) -> torch.Tensor:
+        """Forward and backward of this rank's slice of the next global batch (a batch is never
+        read twice); the detached loss per tap."""
+        positions = rank_positions(self.progress.cursor, self.settings.batch_size, self.world)
+        self.progress.cursor += self.settings.batch_size
+        generators = [
+            sample_generator(self.settings.seed, p, self.progress.step) for p in positions
+        ]
+        images, context = self._batch(positions)
+        latents = encode_latents(self.inputs.vae, images, self.settings.latent, generators)
+        per_image = self.settings.timesteps_per_image
+        timesteps = torch.cat([stratified_timesteps(1, per_image, g) for g in generators])
+        noise = torch.cat(
+            [torch.randn((per_image, *latents.shape[1:]), generator=g) for g in generators]
         )
         with self._autocast():
-            losses = self.distiller.losses(latents, context, timesteps, noise)
-        (sum(losses.values()) / self.settings.grad_accum).backward()  # type: ignore[union-attr]
-        return {tap: loss.detach() for tap, loss in losses.items()}
+            losses = self.model(latents, context, timesteps, noise.to(self.device))
+        total: torch.Tensor = sum(losses.values())
+        (total / self.settings.grad_accum).backward()
+        return torch.stack([losses[tap].detach().float() for tap in self.distiller.taps])
 
     def step(self) -> dict[str, float]:
-        """One optimiser step (over `grad_accum` micro-batches); the mean loss per tap."""
+        """One optimiser step (over `grad_accum` micro-batches, gradients synchronised over the
+        ranks once, in the last); the loss per tap averaged over micro-batches and ranks."""
         lr = learning_rate(self.progress.step, self.settings.lr, self.settings.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        totals = [self._micro_step() for _ in range(self.settings.grad_accum)]
-        self._check_finite(totals)
+        totals = []
+        for sync in accumulate(self.model, self.settings.grad_accum):
+            with sync:
+                totals.append(self._micro_step())
+        means_tensor = mean_over_ranks(torch.stack(totals).mean(dim=0).cpu(), self.world)
+        self._check_finite(means_tensor)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        means = {
-            tap: float(sum(t[tap] for t in totals)) / len(totals) for tap in self.distiller.taps
-        }
-        row = torch.tensor([list(means.values())], dtype=torch.float32)
+        means = dict(zip(self.distiller.taps, means_tensor.tolist(), strict=True))
+        row = means_tensor.reshape(1, -1)
         history = self.progress.history
         self.progress.history = row if history is None else torch.cat([history, row])
         self.progress.step += 1
         return means
 
-    def _check_finite(self, totals: list[dict[str, torch.Tensor]]) -> None:
-        bad = sorted({tap for t in totals for tap, loss in t.items() if not torch.isfinite(loss)})
+    def _check_finite(self, means: torch.Tensor) -> None:
+        taps = self.distiller.taps
+        bad = [tap for tap, loss in zip(taps, means, strict=True) if not torch.isfinite(loss)]
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             raise CleanDiftError(
@@ -233,19 +276,19 @@ class Trainer:
         """Where the deployable student is written."""
         return student_files(self.out / "student")
 
-    def save(self) -> StudentFiles:
-        """Write the deployable student, then the resumable state (both atomically)."""
+    def _write(self) -> StudentFiles:
         files = save_student(self.student_files, self.distiller)
         save_state(
-            self.state_path,
-            self.distiller,
-            self.optimizer,
-            self.generator,
-            self.progress,
-            self.settings_record(),
+            self.state_path, self.distiller, self.optimizer, self.progress, self.settings_record()
         )
-        self._saved_at = self.progress.step
         return files
+
+    def save(self) -> StudentFiles:
+        """Write the deployable student, then the resumable state (both atomically, rank 0 only;
+        every rank waits and fails together if the write fails)."""
+        files = on_main(self.world, self._write)
+        self._saved_at = self.progress.step
+        return files or self.student_files
 
     def steps(self) -> Iterator[tuple[int, dict[str, float]]]:
         """Train until `settings.steps`, saving every `save_every` steps; yields (step, losses)."""

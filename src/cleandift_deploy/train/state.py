@@ -1,9 +1,10 @@
 """The resumable training state as one safetensors file.
 
 Tensors: the full student UNet (`student.*`), the heads and mapping network (`heads.*`), the
-learned `timestep`, Adam's moments and step counts (`optimizer.<param index>.<name>`), the noise
-generator's state (`rng.noise`, a uint8 tensor) and the per-tap loss history. Everything else
-(step, sample position, optimiser hyper-parameters, run settings) is JSON in the file's metadata.
+learned `timestep`, Adam's moments and step counts (`optimizer.<param index>.<name>`) and the
+per-tap loss history (no generator state: the random draws are a function of the position).
+Everything else (step, sample position, optimiser hyper-parameters, run settings) is JSON in the
+file's metadata.
 Nothing is pickled, and the file is replaced atomically, so a crash keeps the last good state.
 """
 
@@ -88,16 +89,15 @@ def save_state(
     path: Path,
     distiller: Distiller,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
     progress: Progress,
     settings: Mapping[str, Any],
 ) -> None:
-    """Write everything needed to resume this run exactly, atomically."""
+    """Write everything needed to resume this run exactly, atomically (the random draws are a
+    function of the position, so no generator state is needed)."""
     tensors = {
         **_prefixed("student.", distiller.student_unet.state_dict()),
         **_prefixed("heads.", distiller.heads.state_dict()),
         "timestep": _cpu(distiller.timestep),
-        "rng.noise": generator.get_state().clone(),
     }
     if progress.history is not None:
         tensors["history"] = _cpu(progress.history)
@@ -154,11 +154,3 @@ def restore_model(distiller: Distiller, saved: SavedState) -> None:
     load_strict(distiller.heads, _strip("heads.", saved.tensors), "the saved heads")
     with torch.no_grad():
         distiller.timestep.copy_(saved.tensors["timestep"])
-
-
-def restore_optimizer_and_rng(
-    optimizer: torch.optim.Optimizer, generator: torch.Generator, saved: SavedState
-) -> None:
-    """Load Adam's state and the noise generator's state."""
-    restore_optimizer_state(optimizer, saved.tensors, saved.metadata["optimizer_groups"])
-    generator.set_state(saved.tensors["rng.noise"])
