@@ -8,52 +8,17 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from ..errors import CleanDiftError
 from ..lazy_choice import LazyChoice
-from ..models.configs import ARCHS, default_image_size
-from ..models.shapes import check_image_size
+from ..models.configs import ARCHS
 from ..models.taps import TAP_NAMES
 
 if TYPE_CHECKING:
-    from ..models.loading import LoadedUNet
-    from .data import ImageFolder
-    from .loop import Trainer, TrainInputs, TrainResult
+    from .loop import Trainer, TrainResult
 
 
 def _parse_taps(values: tuple[str, ...]) -> tuple[str, ...]:
     taps = tuple(t.strip() for value in values for t in value.split(",") if t.strip())
     return taps or TAP_NAMES
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CleanDiftError("--device cuda was asked for but no CUDA GPU is visible: use cpu")
-    return name
-
-
-def _inputs(
-    teacher: LoadedUNet, data: ImageFolder, prompt: str, captions: bool, random_init: bool
-) -> TrainInputs:
-    from ..models.loading import load_vae
-    from .conditioning import Conditioning
-    from .loop import TrainInputs
-    from .noising import noise_scheduler
-
-    vae = load_vae(teacher.root, teacher.arch, random_init=random_init)
-    conditioning = Conditioning(
-        teacher.root, teacher.arch, prompt, use_captions=captions, random_init=random_init
-    )
-    return TrainInputs(teacher, vae, conditioning, noise_scheduler(teacher.root), data)
-
-
-def _image_size(teacher: LoadedUNet, requested: int | None) -> int:
-    size = requested or default_image_size(teacher.arch)
-    check_image_size(size, size)
-    return size
 
 
 def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: Path) -> None:
@@ -66,14 +31,28 @@ def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: P
     console.print(f"state: {result.state}; loss curve: {curve}")
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    from .state import STATE_NAME
+LAUNCHER_OPTIONS = ("nproc_per_node", "ray_workers", "address", "gpus_per_worker")
 
-    if (out / STATE_NAME).exists() and not resume:
-        raise CleanDiftError(
-            f"{out} already holds a training run: pass --resume to continue it, "
-            "or choose another --out"
-        )
+
+def _rank_args(ctx: click.Context) -> list[str]:
+    """This command line without the launcher options: what every rank runs."""
+    args: list[str] = [ctx.command.name or "train"]
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = ctx.params.get(name)
+        if not isinstance(param, click.Option) or name in LAUNCHER_OPTIONS:
+            continue
+        if value is None or value == param.default or value == ():
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            args += [flag] if value else []
+        elif param.multiple:
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 @click.command()
@@ -118,7 +97,21 @@ def _check_out(out: Path, resume: bool) -> None:
 @click.option("--save-every", type=int, default=500, show_default=True, help="Steps between saves.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes on this machine (DDP via torch's launcher); --batch-size is the global batch.",
+)
+@click.option("--ray-workers", type=int, help="Run on Ray Train with this many workers.")
+@click.option("--address", help="Ray cluster address for --ray-workers (default: local Ray).")
+@click.option(
+    "--gpus-per-worker", type=float, default=0, show_default=True, help="GPUs per Ray worker."
+)
+@click.pass_context
 def train(
+    ctx: click.Context,
     teacher_source: str | None,
     arch: str | None,
     random_init: bool,
@@ -142,15 +135,22 @@ def train(
     save_every: int,
     device: str,
     resume: bool,
+    nproc_per_node: int,
+    ray_workers: int | None,
+    address: str | None,
+    gpus_per_worker: float,
 ) -> None:
-    """Distil a CleanDIFT student from a teacher UNet on a folder of images."""
-    from ..models.loading import resolve_source
-    from .data import ImageFolder
-    from .loop import Trainer, TrainSettings
-    from .plot import plot_losses
+    """Distil a CleanDIFT student from a teacher UNet on a folder of images.
+
+    One process by default; `--nproc-per-node N` (or `torchrun ... -m cleandift_deploy train`)
+    trains with DDP over N processes, `--ray-workers N` on Ray Train. The result does not depend
+    on the process count."""
+    from .distributed import session, split_batch
+    from .job import DistillJob, check_out, run_job
+    from .loop import TrainSettings
     from .progress import training_progress
 
-    _check_out(out, resume)
+    check_out(out, resume)
     settings = TrainSettings(
         taps=_parse_taps(taps),
         steps=steps,
@@ -166,21 +166,40 @@ def train(
         save_every=save_every,
     )
     settings.check()
-    teacher = resolve_source(teacher_source, arch=arch, random_init=random_init, seed=seed)
-    size = _image_size(teacher, image_size)
-    data = ImageFolder(data_dir, size, resize)  # type: ignore[arg-type]
-    console = Console(stderr=True)
-    console.print(
-        f"{len(data)} images from {data_dir} at {size}x{size} ({len(data.skipped)} skipped)"
+    job = DistillJob(
+        data=data_dir.absolute(),
+        out=out.absolute(),
+        settings=settings,
+        teacher=teacher_source,
+        arch=arch,
+        random_init=random_init,
+        image_size=image_size,
+        resize=resize,  # type: ignore[arg-type]
+        prompt=prompt,
+        captions=not no_captions,
+        device=device,
+        resume=resume,
     )
-    inputs = _inputs(teacher, data, prompt, not no_captions, random_init)
-    if not inputs.conditioning.has_text_encoder and any(r.caption for r in data.records):
-        console.print("captions ignored: a random-weight teacher has no text encoder")
-    trainer = Trainer(inputs, settings, out, device=_device(device), resume=resume)
-    with training_progress(trainer.progress.step, steps, console) as on_step:
-        result = trainer.run(on_step)
-    curve = plot_losses(result.history, result.taps, out / "loss_curve.png")
-    _summarise(console, trainer, result, curve)
+    if ray_workers is not None:
+        from .ray_train import run_on_ray
+
+        run_on_ray(job, ray_workers, address=address, gpus_per_worker=gpus_per_worker)
+        click.echo(f"trained on {ray_workers} Ray workers: {out}", err=True)
+        return
+    if nproc_per_node != 1:
+        from .launch import check_launch, launch_local
+
+        check_launch(nproc_per_node, batch_size)
+        launch_local(nproc_per_node, _rank_args(ctx))
+        return
+    console = Console(stderr=True)
+    with session(device) as world:
+        split_batch(batch_size, world.size)
+        trainer, result = run_job(
+            job, world, console, bar=lambda a, b: training_progress(a, b, console)
+        )
+        if world.main:
+            _summarise(console, trainer, result, out / "loss_curve.png")
 
 
 COMMANDS: list[click.Command] = [train]

@@ -1,0 +1,6 @@
+"""`python -m cleandift_deploy ...`: what `torchrun -m cleandift_deploy train ...` runs per rank."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
