@@ -1,4 +1,5 @@
-"""The feature server: its HTTP API without Ray, then the Ray Serve deployment over real HTTP.
+"""The feature server: its HTTP API without a server, then one HTTP suite run against the local
+server (uvicorn) and the Ray Serve deployment, which carry the same app.
 
 One tiny artifact (dynamic batch 1..8, sizes 64..128) serves every test; Ray and Serve start once
 for the module and are shut down at its end.
@@ -20,16 +21,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from export_helpers import run_cli
 from PIL import Image
 from runtime_helpers import agreement, export_tiny, random_rgb
 from safetensors.torch import load as load_safetensors
 
-from cleandift_deploy.kernels import match_points
+from cleandift_deploy.kernels import match_dense, match_points
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.serve.app import FeatureService, HttpRequest, Item, ItemResult, ServeConfig
+from cleandift_deploy.serve.cache import content_id
+from cleandift_deploy.serve.hub import AppConfig
 from cleandift_deploy.serve.inputs import ClientError, Limits, read_body
+from cleandift_deploy.serve.local import LocalServer
 
 LIMITS = Limits(max_request_bytes=200_000, max_pixels=300 * 300, max_points=16)
 
@@ -206,16 +211,25 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(artifact: Path) -> Iterator[str]:
-    """One local Ray instance and Serve app for the module, shut down afterwards."""
+CACHE_BYTES = 150_000
+
+
+@pytest.fixture(scope="module", params=["local", "ray"])
+def server(request: pytest.FixtureRequest, artifact: Path) -> Iterator[str]:
+    """The same app on the local server and on Ray Serve (one local Ray instance for the module)."""
+    model = ServeConfig(str(artifact), threads=1, max_batch=8, batch_wait_ms=100, limits=LIMITS)
+    config = AppConfig((model,), cache_bytes=CACHE_BYTES, limits=LIMITS)
+    if request.param == "local":
+        with LocalServer(config, port=0) as local:
+            local.wait_ready(120)
+            yield local.url
+        return
     from ray import serve
 
     from cleandift_deploy.serve.ray_serve import ReplicaResources, deploy, wait_ready
     from cleandift_deploy.serve.ray_session import ray_session
 
     port = _free_port()
-    config = ServeConfig(str(artifact), threads=1, max_batch=8, batch_wait_ms=100, limits=LIMITS)
     with ray_session(None, 1):
         try:
             wait_ready(deploy(config, ReplicaResources(1, 1.0, 0.0), "127.0.0.1", port), 120)
@@ -288,6 +302,89 @@ def test_match_over_http(server: str, direct: FeatureExtractor) -> None:
     src, tgt = direct([src_rgb])["us6"][0], direct([tgt_rgb])["us6"][0]
     want = match_points(src, tgt, torch.tensor(points), (70, 90), (64, 64))
     assert json.loads(answer)["points"] == want.points.tolist()
+
+
+def _post_json(url: str, value: object) -> tuple[int, dict[str, object]]:
+    status, body, _ = _http(url, json.dumps(value).encode(), "application/json")
+    return status, json.loads(body)
+
+
+def _upload(server: str, png: bytes) -> str:
+    status, body, _ = _http(f"{server}/images", png)
+    assert status == 200, body
+    return str(json.loads(body)["id"])
+
+
+def test_page_routes_answer_as_the_toolkit_matches(server: str, direct: FeatureExtractor) -> None:
+    """/similarity: match and score of match_points, heatmap = DIFT's upsample-normalise-dot;
+    /matches: match_dense's mutual pairs."""
+    (src_rgb, src_png), (tgt_rgb, tgt_png) = _photo(40, 70, 90), _photo(41, 60, 100)
+    source, target = _upload(server, src_png), _upload(server, tgt_png)
+    assert source == content_id(src_png) and _upload(server, src_png) == source
+    src, tgt = direct([src_rgb])["us3"][0], direct([tgt_rgb])["us3"][0]
+    point = [33.0, 21.0]
+    request = {"source": source, "target": target, "point": point, "tap": "us3"}
+    status, reply = _post_json(f"{server}/similarity", {**request, "format": "float16"})
+    assert status == 200, reply
+    want = match_points(src, tgt, torch.tensor([point]), (70, 90), (60, 100))
+    assert np.allclose(reply["match"], want.points[0].numpy(), atol=0.5)
+    assert abs(float(reply["score"]) - float(want.scores[0])) < 1e-4  # type: ignore[arg-type]
+    heat = reply["heatmap"]
+    assert isinstance(heat, dict) and (heat["height"], heat["width"]) == (60, 100)
+    values = np.frombuffer(base64.b64decode(heat["data"]), "<f2").reshape(60, 100)
+    up_src = F.normalize(F.interpolate(src[None], (70, 90), mode="bilinear"), dim=1)[0]
+    up_tgt = F.normalize(F.interpolate(tgt[None], (60, 100), mode="bilinear"), dim=1)[0]
+    reference = torch.einsum("c,chw->hw", up_src[:, 21, 33], up_tgt)
+    assert np.abs(values - reference.numpy()).max() < 2e-3
+    status, png_reply = _post_json(f"{server}/similarity", {**request, "size": [30, 50]})
+    shown = Image.open(io.BytesIO(base64.b64decode(png_reply["heatmap"]["data"])))  # type: ignore[index]
+    assert status == 200 and shown.size == (50, 30)
+    status, found = _post_json(
+        f"{server}/matches", {"source": source, "target": target, "n": 5, "tap": "us3"}
+    )
+    assert status == 200, found
+    dense = match_dense(src.flatten(1).T, tgt.flatten(1).T, mutual=True)
+    assert np.allclose(found["scores"], dense.scores.sort(descending=True).values[:5], atol=1e-4)
+    count = min(5, len(dense.scores))
+    assert len(found["source"]) == len(found["target"]) == count > 0  # type: ignore[arg-type]
+
+
+def test_page_routes_refuse_bad_input_and_keep_serving(server: str) -> None:
+    _, png = _photo(42)
+    known = _upload(server, png)
+    unknown = "0" * 32
+    good = {"source": known, "target": known, "point": [5, 5]}
+    bad: list[tuple[str, dict[str, object], int, str]] = [
+        ("/similarity", {**good, "target": unknown}, 404, "unknown image"),
+        ("/similarity", {**good, "source": "../etc/passwd"}, 400, "source"),
+        ("/similarity", {**good, "point": [500, 5]}, 400, "outside the source image"),
+        ("/similarity", {**good, "tap": "us9"}, 400, "no tap us9"),
+        ("/similarity", {**good, "model": "other"}, 404, "no model"),
+        ("/similarity", {**good, "size": [5000, 5000]}, 400, "heatmap size"),
+        ("/similarity", {**good, "colour": "red"}, 400, "colour"),
+        ("/matches", {"source": known, "target": known, "n": 0}, 400, "n"),
+    ]
+    for route, value, status, words in bad:
+        got, reply = _post_json(f"{server}{route}", value)
+        message = str(reply["error"])
+        assert (got, words in message, "\n" in message) == (status, True, False), (route, reply)
+    assert _http(f"{server}/images", b"not an image")[0] == 400
+    assert _http(f"{server}/images", png, "text/plain")[0] == 415
+    assert _http(f"{server}/images/{unknown}")[0] == 404
+    assert _post_json(f"{server}/similarity", good)[0] == 200
+    paths = json.loads(_http(f"{server}/openapi.json")[1])["paths"]
+    assert {"/images", "/similarity", "/matches", "/features", "/match"} <= set(paths)
+    status, page, headers = _http(f"{server}/")
+    assert status == 200 and b'id="source"' in page and "access-control-allow-origin" not in headers
+
+
+def test_image_cache_stays_within_its_byte_limit(server: str) -> None:
+    ids = [_upload(server, _photo(50 + seed, 70, 90)[1]) for seed in range(10)]
+    cache = json.loads(_http(f"{server}/stats")[1])["cache"]
+    assert cache["limit"] == CACHE_BYTES and 0 < cache["bytes"] <= CACHE_BYTES
+    assert cache["evictions"] > 0
+    assert _http(f"{server}/images/{ids[0]}")[0] == 404
+    assert _http(f"{server}/images/{ids[-1]}")[0] == 200
 
 
 def test_cli_refuses_a_missing_artifact_before_starting_ray(

@@ -150,3 +150,20 @@ def test_smooth_maps_never_miss_the_best_score(noise: float) -> None:
     assert torch.allclose(got.scores, want.scores, atol=1e-6, rtol=0)
     if noise >= 1e-2:
         assert_agrees(got, want)
+
+
+@pytest.mark.parametrize(("src_map", "src_img", "tgt_map", "tgt_img"), CASES)
+def test_score_map_is_the_upsampled_cosine_map(src_map, src_img, tgt_map, tgt_img) -> None:
+    """score_map = DIFT's heatmap (upsample, normalise, dot); its maximum is match_points' score."""
+    from cleandift_deploy.kernels.query import score_map, source_vectors
+    from cleandift_deploy.kernels.target_field import prepare_target
+
+    src, tgt = torch.randn(16, *src_map), torch.randn(16, *tgt_map)
+    point = random_points(1, src_img)[:1]
+    query = source_vectors(src, point, src_img, "bilinear")
+    got = score_map(prepare_target(tgt, tgt_img, "bilinear"), query[0])
+    up_tgt = F.normalize(F.interpolate(tgt[None], tgt_img, mode="bilinear"), dim=1)[0]
+    want = torch.einsum("c,chw->hw", query[0], up_tgt)
+    assert got.shape == tgt_img and torch.allclose(got, want, atol=1e-5)
+    found = match_points(src, tgt, point, src_img, tgt_img)
+    assert abs(float(got.max()) - float(found.scores[0])) < 1e-5

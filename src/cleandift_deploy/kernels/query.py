@@ -71,6 +71,15 @@ def scores_at(
     return num * field.inv_norm[ys, xs]
 
 
+def score_map(field: TargetField, query: torch.Tensor) -> torch.Tensor:
+    """[H, W] cosine of one unit query vector [C] with every pixel of the prepared target's grid:
+    the similarity heatmap of upsample-then-normalise (DIFT's picture), built from the coarse
+    dot-product map with the same interpolation and norms the matcher uses."""
+    (h, w) = field.cells
+    dots = (query.float() @ field.feat).view(h, w)
+    return field.ay.matrix(h) @ dots @ field.ax.matrix(w).T * field.inv_norm
+
+
 def _projection_bound(field: TargetField, dots: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """sqrt(d^T G^-1 d) for candidate (query, tile row, tile column) rows: no pixel of the tile's
     neighbourhood has a higher cosine (infinite where G is too ill-conditioned to trust)."""

@@ -74,6 +74,7 @@ def serve(
 ) -> None:
     """HTTP feature server on Ray Serve with dynamic batching, in the foreground until Ctrl-C."""
     from .app import FeatureService, ServeConfig
+    from .hub import AppConfig
     from .inputs import Limits
     from .ray_serve import ReplicaResources, deploy, wait_ready
     from .ray_session import local_cpus, ray_session
@@ -89,7 +90,7 @@ def serve(
         if local and threads is None:
             config = replace(config, threads=max(1, local_cpus(replicas) // replicas))
         resources = ReplicaResources(replicas, 1.0, gpus)
-        handle = deploy(config, resources, host, port)
+        handle = deploy(AppConfig((config,), limits=limits), resources, host, port)
         try:
             wait_ready(handle, ready_timeout)
             _serve_until_interrupted(f"http://{host}:{port}")
