@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-isa test-slow lint docs bench bench-quick bench-index clean
+.PHONY: demo page test test-isa test-slow lint docs bench bench-quick bench-index clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m cleandift_deploy.demo
+
+# The correspondence page on the demo's tiny model (exported first if missing): prints its address.
+page: $(STAMP)
+	$(BIN)/python -m cleandift_deploy.demo page
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

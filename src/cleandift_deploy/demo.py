@@ -9,6 +9,7 @@ Outputs land in `demo-out/`.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from .eval.photoset import make_synthetic
 from .export import ExportOptions, export_onnx
 from .export.agreement import compare_outputs
 from .export.commands import agreement_table
+from .manifest import Manifest
 from .models import random_unet
+from .models.loading import LoadedUNet
 from .runtime.extractor import FeatureExtractor
 from .runtime.pca import save_pca_picture
 
@@ -32,15 +35,33 @@ PAIRS = {"trn": 4, "val": 2, "test": 12}
 PHOTO_SIDE = 320
 
 
+MODEL = OUT / "tiny_us3_us6.onnx"
+PAGE_PORT = 8000
+
+
+def export_demo_model(loaded: LoadedUNet) -> Manifest:
+    """The demo's model: the tiny architecture's us3 and us6 taps, uint8 256x256 images in."""
+    options = ExportOptions(taps=TAPS, image_size=(SIZE, SIZE), random_init=True, force=True)
+    return export_onnx(loaded, MODEL, options)
+
+
+def page() -> None:
+    """`make page`: the correspondence page on the demo's model (exported first if missing),
+    served by the local server until Ctrl-C; prints the page's address."""
+    if not MODEL.exists():
+        export_demo_model(random_unet("tiny", seed=0))
+    args = ["serve", str(MODEL), "--port", str(PAGE_PORT)]
+    cli.main(args=args, prog_name="cleandift-deploy", standalone_mode=False)
+
+
 def main() -> None:
     """Export, compare, make a known-truth set, evaluate; print what was done and where."""
     console = Console()
     console.rule("cleandift-deploy demo: tiny model, ONNX Runtime on the CPU")
     loaded = random_unet("tiny", seed=0)
-    onnx_path = OUT / "tiny_us3_us6.onnx"
+    onnx_path = MODEL
     started = time.perf_counter()
-    options = ExportOptions(taps=TAPS, image_size=(SIZE, SIZE), random_init=True, force=True)
-    manifest = export_onnx(loaded, onnx_path, options)
+    manifest = export_demo_model(loaded)
     console.print(
         f"1. exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, "
         f"taps {', '.join(TAPS)}, uint8 {SIZE}x{SIZE} images in) "
@@ -91,7 +112,14 @@ def main() -> None:
         "export-time agreement: "
         + ", ".join(f"{tap} min cosine {a['cosine_min']:.7f}" for tap, a in recorded.items())
     )
+    console.print(
+        f"next: `make page` serves this model with the correspondence page at "
+        f"http://127.0.0.1:{PAGE_PORT}/ (click a point, see its match and heatmap)"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["page"]:
+        page()
+    else:
+        main()

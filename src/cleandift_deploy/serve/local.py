@@ -58,7 +58,10 @@ class LocalServer:
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
             if not self._thread.is_alive():
-                raise CleanDiftError(f"the server could not listen on {self.host}")
+                raise CleanDiftError(
+                    f"the server could not listen on {self.host}:{self.server.config.port}: "
+                    "is the port in use? pick another with --port"
+                )
             if time.monotonic() > deadline:
                 raise CleanDiftError(f"the server did not start within {timeout_s:.0f} s")
             time.sleep(READY_POLL_S)

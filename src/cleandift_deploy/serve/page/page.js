@@ -340,6 +340,7 @@ function moveWithKeys(event) {
 async function useFile(side, file) {
   if (!file) return;
   state.truth = null;
+  $("#examples").value = "";
   try {
     if (await setImage(side, file, file.name)) refresh();
   } catch (error) {
