@@ -350,6 +350,7 @@ async function useFile(side, file) {
 
 async function loadExample(pair) {
   state.truth = pair.homography || null;
+  for (const input of document.querySelectorAll("input[type=file]")) input.value = "";
   try {
     const blobs = await Promise.all(
       [pair.source, pair.target].map(async (path) => {
