@@ -210,7 +210,11 @@ def _autotune_state(precision: str) -> dict[str, Any]:
     timings = getattr(tuner, "configs_timings", None) or {}
     return {
         "best_config": str(getattr(tuner, "best_config", None)),
-        "configs_timed": {str(k): [float(t) for t in v] for k, v in timings.items()},
+        "tuning_seconds": getattr(tuner, "bench_time", None),  # compile + time every config
+        "configs_timed": {
+            str(k): list(map(float, v)) if isinstance(v, (list, tuple)) else float(v)
+            for k, v in timings.items()
+        },
     }
 
 
@@ -516,17 +520,27 @@ def summary_record(statuses: dict[str, Any], out: Path) -> list[Path]:
     context = {
         "machine": describe_machine().to_dict(),
         "software": {**library_versions(), **{k: environment.get(k) for k in ("triton", "cuda")}},
-        "ceilings": {f"gpu_{k}": v for k, v in floor.items()},
+        "ceilings": {},  # the harness's are CPU ceilings; the GPU floor is its own table
     }
     bench = Benchmark("gpu_check", "GPU check (lanes, kernels vs floor)", root=out, context=context)
-    bench.results = {"gpu": environment, "parts": statuses}
+    bench.results = {"gpu": environment, "floor": floor, "parts": statuses}
+    if environment:
+        keys = ("gpu", "driver", "capability", "torch", "cuda", "triton")
+        bench.table("GPU and versions", list(keys), [[environment.get(k) for k in keys]])
+    if floor:
+        bench.table(
+            "GPU floor measured in this run",
+            ["bf16 8192^3 matmul TFLOP/s", "device copy GB/s"],
+            [[floor.get("bf16_matmul_tflops"), floor.get("copy_gbps")]],
+        )
     rows = []
     for name, status in statuses.items():
         rows.append([name, status["status"], status["seconds"], status["expected_s"]])
     bench.table("Parts", ["part", "status", "seconds", "expected s"], rows)
     dense = ((statuses.get("match-dense") or {}).get("result") or {}).get("rows", [])
     for row in dense:
-        bench.figure(f"match_dense {row['dtype']} raw TFLOP/s", row["raw_kernel_tflops"], "TFLOP/s")
+        key = f"match_dense {row['dtype']} raw TFLOP/s"
+        bench.figure(key, row["raw_kernel_tflops"], "TFLOP/s", better="higher")
     if dense:
         bench.table(
             "match_dense 9216 x 9216 x 1280",
