@@ -147,7 +147,7 @@ def part_environment() -> dict[str, Any]:
 
     torch.cuda.init()
     gpus = describe_machine().gpus
-    return {
+    found = {
         "gpu": torch.cuda.get_device_name(0),
         "driver": gpus[0].driver if gpus else None,
         "capability": "{}.{}".format(*torch.cuda.get_device_capability(0)),
@@ -160,8 +160,12 @@ def part_environment() -> dict[str, Any]:
             name: importlib.util.find_spec(name) is not None
             for name in ("diffusers", "tensorrt", "onnxruntime", "xdist")
         },
-        "test_imports": _import_errors(("cleandift_deploy.models", "conftest", "kernel_checks")),
+        "test_imports": _import_errors(
+            ("cleandift_deploy.models", "cleandift_deploy.runtime.cuda_lanes", "conftest")
+        ),
     }
+    failed = list(found["test_imports"]) + ([] if found["libcudart_found"] else ["libcudart"])
+    return {**found, "failed": failed} if failed else found
 
 
 def _import_errors(modules: tuple[str, ...]) -> dict[str, str]:
@@ -468,7 +472,7 @@ def child(name: str, scratch: Path) -> int:
         raise
     (scratch / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result, indent=1, default=str))
-    return 0
+    return 1 if result.get("failed") else 0  # recorded, and the part fails
 
 
 def carried() -> dict[str, Any]:
