@@ -25,6 +25,9 @@ from train_helpers import make_image_folder
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.errors import CleanDiftError
+from cleandift_deploy.eval.photoset import make_synthetic
+from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
+from cleandift_deploy.hyperfeatures.checkpoint import load_aggregator
 from cleandift_deploy.models import load_unet, random_unet
 from cleandift_deploy.train.data import SampleOrder
 from cleandift_deploy.train.distill import Distiller
@@ -73,12 +76,17 @@ def _job(data: Path, out: Path, resume: bool = False, **overrides: object) -> Di
     )  # fmt: skip
 
 
-def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m cleandift_deploy ARGS` in a fresh process (one thread per rank)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     src = str(Path(__file__).parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "cleandift_deploy", "train", *COMMON, *args]
+    command = [sys.executable, "-m", "cleandift_deploy", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return _run("train", *COMMON, *args, timeout=timeout)
 
 
 def _update_difference(run: Path, reference: Path) -> float:
@@ -224,3 +232,33 @@ def test_ray_train_writes_the_same_run_folder_as_torchrun(images: Path, two_rank
     ours, theirs = load_file(out / STATE_NAME), load_file(two_ranks / STATE_NAME)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # same world size: same bits
+
+
+def test_hyperfeature_aggregator_two_ranks_equal_one_rank(tmp_path: Path) -> None:
+    data = tmp_path / "synthetic"
+    make_synthetic(data, {"trn": 4})
+    args = [
+        "train-hyperfeatures", "--arch", "tiny", "--random-init", "--data", str(data),
+        "--steps", "3", "--image-size", "64", "--latent", "mean", "--batch-size", "2",
+        "--seed", "1",
+    ]  # fmt: skip
+    done = _run(*args, "--nproc-per-node", "2", "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, batch in (("one", "2"), ("other-batch", "1")):
+        argv = [*args, "--out", str(tmp_path / name)]
+        argv[argv.index("--batch-size") + 1] = batch
+        main(argv)
+    two, info = load_aggregator(tmp_path / "two")
+    one, _ = load_aggregator(tmp_path / "one")
+    other, _ = load_aggregator(tmp_path / "other-batch")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        start = AggregationNetwork(info.channels, len(info.timesteps)).state_dict()
+
+    def update_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+        pairs = [(a.state_dict()[k] - v, b.state_dict()[k] - v) for k, v in start.items()]
+        num = sum(float(((x - y) ** 2).sum()) for x, y in pairs)
+        return (num / sum(float((y**2).sum()) for _, y in pairs)) ** 0.5
+
+    assert update_difference(two, one) <= UPDATE_TOLERANCE
+    assert update_difference(other, one) > 10 * UPDATE_TOLERANCE

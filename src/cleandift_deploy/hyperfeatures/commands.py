@@ -53,7 +53,19 @@ VARIANT_NAMES = ("one-step", "multi-step")
 @click.option("--save-every", type=int, default=500, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option(
+    "--batch-size", type=int, default=1, show_default=True, help="Pairs per step (global)."
+)
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes on this machine (DDP via torch's launcher; or run under torchrun).",
+)
+@click.pass_context
 def train_hyperfeatures(
+    ctx: click.Context,
     source: str | None,
     arch: str | None,
     random_init: bool,
@@ -74,10 +86,16 @@ def train_hyperfeatures(
     save_every: int,
     device: str,
     resume: bool,
+    batch_size: int,
+    nproc_per_node: int,
 ) -> None:
-    """Train the hyperfeature aggregation network on keypoint pairs (UNet maps cached once)."""
+    """Train the hyperfeature aggregation network on keypoint pairs (UNet maps cached once).
+
+    `--nproc-per-node N` (or `torchrun ... -m cleandift_deploy train-hyperfeatures`) trains with
+    DDP over N processes; `--batch-size` is then split over them."""
     from ..errors import CleanDiftError
     from ..models.loading import resolve_source
+    from ..train.distributed import session
     from ..train.progress import training_progress
     from .extract import ExtractSettings
     from .run import RunOptions, run_training
@@ -86,27 +104,42 @@ def train_hyperfeatures(
 
     if steps < 1 or save_every < 1:
         raise CleanDiftError("--steps and --save-every must be at least 1")
+    if nproc_per_node != 1:
+        from ..train.commands import rank_args
+        from ..train.launch import check_launch, launch_local
+
+        check_launch(nproc_per_node, batch_size)
+        launch_local(nproc_per_node, rank_args(ctx))
+        return
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
-    options = RunOptions(
-        data=data,
-        out=out,
-        split=split,
-        categories=categories or None,
-        limit=limit,
-        cache=cache,
-        resume=resume,
-        device=device,
-        extract=ExtractSettings(get_variant(variant), latent, image_size, seed, cache_dtype),
-        train=HyperTrainSettings(steps, lr, weight_decay, seed, save_every),
-    )
-    with _cache_progress() as on_cache, training_progress(0, steps, console) as on_step:
-        result = run_training(loaded, options, on_cache, on_step)
+    with session(device) as world:
+        options = RunOptions(
+            data=data,
+            out=out,
+            split=split,
+            categories=categories or None,
+            limit=limit,
+            cache=cache,
+            resume=resume,
+            device=str(world.device),
+            extract=ExtractSettings(get_variant(variant), latent, image_size, seed, cache_dtype),
+            train=HyperTrainSettings(steps, lr, weight_decay, seed, save_every, batch_size),
+        )
+        if not world.main:
+            run_training(loaded, options, _quiet, _quiet, world)
+            return
+        with _cache_progress() as on_cache, training_progress(0, steps, console) as on_step:
+            result = run_training(loaded, options, on_cache, on_step, world)
     console.print(
         f"step {len(result.history)}: loss {result.history[-1]:.4f} "
         f"(first {result.history[0]:.4f}); UNet maps computed for {result.extractions} images"
     )
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
+
+
+def _quiet(*_: object) -> None:
+    """No progress on ranks other than 0."""
 
 
 @contextmanager

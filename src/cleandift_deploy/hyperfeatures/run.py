@@ -17,6 +17,7 @@ from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.datasets import load_pairs
 from ..models.loading import LoadedUNet
+from ..train.distributed import World, barrier, split_batch
 from .aggregation import AggregationNetwork
 from .checkpoint import AGGREGATOR_NAME, AggregatorInfo, save_aggregator
 from .extract import ExtractSettings, UNetMaps
@@ -84,8 +85,13 @@ def run_training(
     options: RunOptions,
     on_cache: Callable[[int, int], None],
     on_step: StepCallback,
+    world: World | None = None,
 ) -> RunResult:
-    """Train (or resume) and write the outputs; `on_cache` and `on_step` drive progress bars."""
+    """Train (or resume) and write the outputs; `on_cache` and `on_step` drive progress bars.
+    Under torchrun (`world`) every rank extracts its share of the images, then trains its slice
+    of each batch; rank 0 writes."""
+    world = world or World()
+    split_batch(options.train.batch_size, world.size, "--batch-size")
     out = Path(options.out)
     state_path = out / STATE_NAME
     if state_path.exists() and not options.resume:
@@ -97,7 +103,8 @@ def run_training(
     extractor = UNetMaps(loaded, options.extract, device=options.device)
     cache = FeatureCache(options.cache or out / CACHE_FOLDER, memory_items=64)
     store = MapStore(extractor, cache, options.device)
-    store.fill(pairs, on_cache)
+    store.fill(pairs, on_cache, world)
+    barrier(world)
     with torch.random.fork_rng():
         torch.manual_seed(options.train.seed)
         network = AggregationNetwork(extractor.channels, len(options.extract.variant.timesteps()))
@@ -124,7 +131,9 @@ def run_training(
         plot_mixing_weights(network.weights().cpu(), info.timesteps, files["mixing_weights"])
         write_text_atomic(files["history"], f"{[round(v, 6) for v in history]}\n")
 
-    history = train_steps(network, optimizer, store, pairs, options.train, history, on_step, save)
+    history = train_steps(
+        network, optimizer, store, pairs, options.train, history, on_step, save, world
+    )
     return RunResult(
         network, _info(extractor, network, len(history)), history, cache.extractions, files
     )

@@ -2,9 +2,14 @@
 
 The reference runs the UNet (and the VAE) for both images at every step; the UNet is frozen, so
 here every image's maps are computed once into the evaluator's FeatureCache and each step only
-reads them and runs the aggregation network: AdamW (lr 1e-3, weight decay 0) on one pair per step,
-pairs in a seeded order reshuffled every epoch. The state (network, AdamW moments, loss history)
-is one safetensors file written atomically every `save_every` steps, so a run resumes exactly.
+reads them and runs the aggregation network: AdamW (lr 1e-3, weight decay 0) on one pair per step
+(`batch_size` pairs with a larger global batch), pairs in a seeded order reshuffled every epoch.
+The state (network, AdamW moments, loss history) is one safetensors file written atomically every
+`save_every` steps, so a run resumes exactly.
+
+Under torchrun (`world` from `train.distributed`) each rank takes its slice of every global batch
+of pairs, the network trains under DDP (the loss is the mean over the global batch), the logged
+loss is averaged over ranks and only rank 0 writes; the result does not depend on the rank count.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..atomic import atomic_path
 from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.methods import PairSample
+from ..train.distributed import World, mean_over_ranks, on_main, rank_positions, wrap
 from ..train.state import optimizer_state_tensors, restore_optimizer_state
 from .aggregation import AggregationNetwork
 from .checkpoint import AggregatorInfo, read_format
@@ -42,11 +48,14 @@ class HyperTrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     save_every: int = 500
+    batch_size: int = 1
+    """Pairs per optimiser step, over all ranks (the reference: 1)."""
 
 
-def pair_order(n_pairs: int, step: int, seed: int) -> int:
-    """Which pair step `step` trains on: a seeded permutation per epoch."""
-    epoch, position = divmod(step, n_pairs)
+def pair_order(n_pairs: int, position: int, seed: int) -> int:
+    """Which pair sits at `position` of the stream (step * batch + i): a seeded permutation per
+    epoch."""
+    epoch, position = divmod(position, n_pairs)
     rng = np.random.default_rng([seed, epoch])
     return int(rng.permutation(n_pairs)[position])
 
@@ -66,12 +75,20 @@ class MapStore:
         )
         return cached_maps(tensors, self.device)
 
-    def fill(self, pairs: Sequence[PairSample], progress: Callable[[int, int], None]) -> None:
-        """Compute every image of `pairs` that is not cached yet."""
+    def fill(
+        self,
+        pairs: Sequence[PairSample],
+        progress: Callable[[int, int], None],
+        world: World | None = None,
+    ) -> None:
+        """Compute every image of `pairs` that is not cached yet (each rank its share of the
+        images, into the shared cache folder)."""
+        world = world or World()
         images = sorted({p for pair in pairs for p in (pair.source_path, pair.target_path)})
-        for done, path in enumerate(images, 1):
+        share = images[world.rank :: world.size]
+        for done, path in enumerate(share, 1):
             self.get(path)
-            progress(done, len(images))
+            progress(done, len(share))
 
 
 def pair_maps(store: MapStore, pair: PairSample) -> list[torch.Tensor]:
@@ -80,16 +97,28 @@ def pair_maps(store: MapStore, pair: PairSample) -> list[torch.Tensor]:
     return [torch.cat([s, t]) for s, t in zip(source, target, strict=True)]
 
 
-def pair_loss(network: AggregationNetwork, store: MapStore, pair: PairSample) -> torch.Tensor:
+def pair_loss(network: torch.nn.Module, store: MapStore, pair: PairSample) -> torch.Tensor:
     """The CLIP loss of one pair under `network`."""
-    features = network(pair_maps(store, pair))
+    return batch_loss(network, store, [pair])
+
+
+def batch_loss(
+    network: torch.nn.Module, store: MapStore, pairs: Sequence[PairSample]
+) -> torch.Tensor:
+    """The mean CLIP loss of `pairs`, all their maps through `network` in one call."""
+    per_pair = [pair_maps(store, pair) for pair in pairs]
+    features = network([torch.cat(parts) for parts in zip(*per_pair, strict=True)])
     grid = (int(features.shape[-2]), int(features.shape[-1]))
-    return clip_loss(
-        features[0],
-        features[1],
-        rescale_points(pair.source_points, pair.source_size, grid),
-        rescale_points(pair.target_points, pair.target_size, grid),
-    )
+    losses = [
+        clip_loss(
+            features[2 * i],
+            features[2 * i + 1],
+            rescale_points(pair.source_points, pair.source_size, grid),
+            rescale_points(pair.target_points, pair.target_size, grid),
+        )
+        for i, pair in enumerate(pairs)
+    ]
+    return torch.stack(losses).mean()
 
 
 def save_state(
@@ -154,18 +183,24 @@ def train_steps(
     history: list[float],
     on_step: StepCallback,
     on_save: Callable[[int], None],
+    world: World | None = None,
 ) -> list[float]:
-    """Run from `len(history)` to `settings.steps`, one pair per step; return the history."""
+    """Run from `len(history)` to `settings.steps`, `batch_size` pairs per step (this rank's
+    slice of them); return the history. `on_save` runs on rank 0 only."""
+    world = world or World()
+    model = wrap(network, world)
     network.train()
+    size = settings.batch_size
     for step in range(len(history), settings.steps):
-        pair = pairs[pair_order(len(pairs), step, settings.seed)]
+        positions = rank_positions(step * size, size, world)
+        batch = [pairs[pair_order(len(pairs), p, settings.seed)] for p in positions]
         optimizer.zero_grad(set_to_none=True)
-        loss = pair_loss(network, store, pair)
+        loss = batch_loss(model, store, batch)
         loss.backward()
         optimizer.step()
-        history.append(float(loss.detach()))
+        history.append(float(mean_over_ranks(loss.detach(), world)))
         on_step(step + 1, {"clip": history[-1]})
         if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
-            on_save(step + 1)
+            on_main(world, lambda step=step: on_save(step + 1))  # type: ignore[misc]
     network.eval()
     return history

@@ -34,7 +34,7 @@ def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: P
 LAUNCHER_OPTIONS = ("nproc_per_node", "ray_workers", "address", "gpus_per_worker")
 
 
-def _rank_args(ctx: click.Context) -> list[str]:
+def rank_args(ctx: click.Context) -> list[str]:
     """This command line without the launcher options: what every rank runs."""
     args: list[str] = [ctx.command.name or "train"]
     for param in ctx.command.params:
@@ -190,7 +190,7 @@ def train(
         from .launch import check_launch, launch_local
 
         check_launch(nproc_per_node, batch_size)
-        launch_local(nproc_per_node, _rank_args(ctx))
+        launch_local(nproc_per_node, rank_args(ctx))
         return
     console = Console(stderr=True)
     with session(device) as world:
