@@ -63,7 +63,8 @@ def summarise_source(resolved: ResolvedSource) -> SourceSummary:
         wanted = resolved.requested_revision or "main"
         rows.append(("hub repo", f"{resolved.repo_id} @ {resolved.revision} ({wanted})"))
         rows.append(("hub cache", str(resolved.cache_dir)))
-    rows.append(("path", str(resolved.path)))
+    if str(resolved.path) != resolved.text:
+        rows.append(("path", str(resolved.path)))
     rows.append(("layout", f"{resolved.layout}: {LAYOUTS.get(resolved.layout, '')}"))
     if summary.kind != "unknown":
         files = ", ".join(p.name for p in resolved.weight_files)
@@ -71,3 +72,34 @@ def summarise_source(resolved: ResolvedSource) -> SourceSummary:
         rows.append(("sha256", resolved.sha256))
     rows.append(("architecture", f"{summary.arch} ({summary.kind})"))
     return summary
+
+
+def dino_rows(resolved: ResolvedSource, arch: str) -> list[tuple[str, str]]:
+    """Size, parameters and the `dino` tap of a DINOv2 source, from its config on the meta
+    device (no weights read)."""
+    from .dinov2 import DINO_ARCHS, DINO_TAP, PATCH, build_backbone, default_dino_size
+
+    if resolved.layout == "transformers-dinov2":
+        config = resolved.config() or {}
+    elif arch in DINO_ARCHS:
+        config = DINO_ARCHS[arch].config()
+    else:
+        return []
+    model = build_backbone(config, "meta")
+    params = sum(p.numel() for p in model.parameters())
+    side = default_dino_size(arch)
+    hidden = int(config.get("hidden_size", 768))
+    return [
+        ("params", f"{params / 1e6:.1f}M ({params:,})"),
+        (
+            "blocks",
+            f"{config.get('num_hidden_layers')} x width {hidden}, "
+            f"{config.get('num_attention_heads')} heads, "
+            f"{config.get('num_register_tokens', 0) or 0} registers",
+        ),
+        (
+            "tap",
+            f"{DINO_TAP}: {hidden} channels, stride {PATCH}, "
+            f"{hidden}x{side // PATCH}x{side // PATCH} at {side}x{side} px",
+        ),
+    ]
