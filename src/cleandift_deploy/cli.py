@@ -9,6 +9,9 @@ import click
 from . import __version__
 from .errors import CleanDiftError
 from .eval.commands import COMMANDS as EVAL_COMMANDS
+from .eval.commands import eval_group
+from .eval.probe_commands import COMMANDS as PROBE_COMMANDS
+from .eval.probe_commands import EVAL_SUBCOMMANDS
 from .export.commands import COMMANDS as EXPORT_COMMANDS
 from .export.dinov2_commands import COMMANDS as DINOV2_COMMANDS
 from .hyperfeatures.commands import COMMANDS as HYPERFEATURE_COMMANDS
@@ -36,11 +39,14 @@ for command in (
     *TRAIN_COMMANDS,
     *HYPERFEATURE_COMMANDS,
     *EVAL_COMMANDS,
+    *PROBE_COMMANDS,
     *TRITON_COMMANDS,
     *BENCH_COMMANDS,
     *SERVE_COMMANDS,
 ):
     cli.add_command(command)
+for command in EVAL_SUBCOMMANDS:
+    eval_group.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,10 +40,14 @@ class FeatureCache:
         self._memory_items = memory_items
         self._image_hashes: dict[tuple[Path, int, int], str] = {}
 
-    def key(self, key_parts: Mapping[str, str], image_path: Path) -> str:
-        """sha256 over the sorted key parts and the image file's content hash."""
+    def key(
+        self, key_parts: Mapping[str, str], image_path: Path, image_hash: str | None = None
+    ) -> str:
+        """sha256 over the sorted key parts and the image's content hash (the file's, or
+        `image_hash` for an image that is not a file of its own, e.g. one in NYUv2's .mat)."""
         parts = {str(k): str(v) for k, v in key_parts.items()}
-        payload = json.dumps({"parts": parts, "image": self._image_hash(Path(image_path))})
+        content = image_hash or self._image_hash(Path(image_path))
+        payload = json.dumps({"parts": parts, "image": content})
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, key: str) -> Path | None:
@@ -55,9 +59,10 @@ class FeatureCache:
         key_parts: Mapping[str, str],
         image_path: Path,
         compute: Callable[[], dict[str, torch.Tensor]],
+        image_hash: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """The cached tensors for this image and key, or `compute()`'s, stored for next time."""
-        key = self.key(key_parts, image_path)
+        key = self.key(key_parts, image_path, image_hash)
         if key in self._memory:
             self._memory.move_to_end(key)
             self.hits += 1

@@ -9,8 +9,15 @@ below one vote). Top-1 is the best-scored class, top-5: the true class is among 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from .cache import FeatureCache
+from .imagefolder import LabelledImage
 
 TEMPERATURE = 0.07
 
@@ -77,3 +84,72 @@ def confusion_summary(
         "per_class_top1": per_class,
         "confusions": [{"truth": names[t], "predicted": names[p], "count": c} for (t, p), c in top],
     }
+
+
+def pooled_features(
+    extractor: Any,
+    images: Sequence[LabelledImage],
+    cache: FeatureCache,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`{tap: [N, C]}` pooled, normalised features of every image, one extraction per image
+    (cached: a second run extracts nothing)."""
+    from ..runtime.images import read_image
+
+    parts = {
+        "manifest": extractor.manifest_sha256,
+        "backend": extractor.backend_name,
+        "taps": ",".join(extractor.taps),
+        "size": "x".join(map(str, extractor.image_size)),
+        "resize": extractor.resize,
+        "purpose": "knn-pooled",
+    }
+    rows: dict[str, list[torch.Tensor]] = {tap: [] for tap in extractor.taps}
+    for index, item in enumerate(images):
+
+        def compute(path: Path = item.path) -> dict[str, torch.Tensor]:
+            with torch.inference_mode():
+                taps = extractor.extract([read_image(path)]).taps
+            return {tap: pool(value)[0] for tap, value in taps.items()}
+
+        entry = cache.get_or_compute(parts, item.path, compute)
+        for tap in extractor.taps:
+            rows[tap].append(entry[tap])
+        if on_progress is not None:
+            on_progress(index + 1, len(images))
+    return {tap: torch.stack(values) for tap, values in rows.items()}
+
+
+def knn_results(
+    train: dict[str, torch.Tensor],
+    train_labels: torch.Tensor,
+    val: dict[str, torch.Tensor],
+    val_labels: torch.Tensor,
+    names: list[str],
+    k: int = 10,
+) -> dict[str, Any]:
+    """Top-1 / top-5 per tap for the weighted and the majority vote, and a confusion summary
+    (weighted vote) per tap."""
+    found: dict[str, Any] = {}
+    for tap in train:
+        row: dict[str, Any] = {}
+        for vote in ("weighted", "majority"):
+            scores = class_scores(train[tap], train_labels, val[tap], len(names), k, vote)
+            row[vote] = topk_accuracy(scores, val_labels)
+            if vote == "weighted":
+                row["confusion"] = confusion_summary(scores, val_labels, names)
+        found[tap] = row
+    return found
+
+
+def knn_markdown(results: dict[str, Any]) -> str:
+    """One table row per tap: weighted and majority top-1 / top-5 in percent."""
+    lines = [
+        "| tap | weighted top-1 | weighted top-5 | majority top-1 | majority top-5 |",
+        "|---|---|---|---|---|",
+    ]
+    for tap, row in results.items():
+        w, m = row["weighted"], row["majority"]
+        cells = [w["top1"], w["top5"], m["top1"], m["top5"]]
+        lines.append(f"| {tap} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"

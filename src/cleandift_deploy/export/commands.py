@@ -17,6 +17,7 @@ from .recipes import noise_options, with_recipe
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
+    from ..models.probe_heads import ProbeFile
     from .agreement import TapAgreement
 
 console = Console(stderr=True)
@@ -53,6 +54,19 @@ def parse_size_range(
 ) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """`--size-range HMINxWMIN HMAXxWMAX` as two (H, W) pairs, or None when not given."""
     return None if texts is None else (parse_size(texts[0]), parse_size(texts[1]))
+
+
+def parse_head(text: str) -> ProbeFile:
+    """`--head depth=PATH` / `segmentation=PATH`: the probe, checked against the task."""
+    from ..models.probe_heads import TASKS, load_probe
+
+    task, sep, path = text.partition("=")
+    if not sep or task not in TASKS or not path:
+        raise CleanDiftError(f"--head {text!r}: write depth=PROBE.safetensors or segmentation=...")
+    probe = load_probe(Path(path))
+    if probe.info.task != task:
+        raise CleanDiftError(f"--head {text}: {path} is a {probe.info.task} probe, not {task}")
+    return probe
 
 
 def agreement_table(title: str, agreement: dict[str, TapAgreement]) -> Table:
@@ -105,6 +119,11 @@ def print_agreement(manifest: Manifest) -> None:
 )
 @click.option("--no-agreement", is_flag=True, help="Skip the ONNX Runtime agreement check.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option(
+    "--head",
+    metavar="TASK=PROBE",
+    help="Append a probe: depth=PROBE.safetensors or segmentation=PROBE.safetensors.",
+)
 @noise_options
 def export(
     source: str | None,
@@ -125,6 +144,7 @@ def export(
     calibration_images: Path | None,
     no_agreement: bool,
     force: bool,
+    head: str | None,
     **recipe_args: Any,
 ) -> None:
     """Export a UNet (+ VAE encoder) to ONNX: images in, one output per tap.
@@ -153,8 +173,13 @@ def export(
     )
     options = with_recipe(options, click.get_current_context(), **recipe_args)
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
+    spec = None
+    if head is not None:
+        from .probe_graph import probe_spec
+
+        spec = probe_spec(loaded, parse_head(head), options)
     with console.status(f"exporting {loaded.arch} ({precision}) to {out}"):
-        manifest = export_onnx(loaded, out, options)
+        manifest = export_onnx(loaded, out, options, spec)
     build = manifest.build
     console.print(
         f"wrote {out}: nodes {build['nodes_traced']} traced -> {build['nodes_cleaned']} after "

@@ -69,9 +69,13 @@ def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
             "the artifact draws fresh noise on every call, so no reference can agree with it: "
             "export with fixed noise (no --random-noise) to compare"
         )
+    from ..models.probe_heads import probe_of_manifest
+    from .probe_graph import with_probe
+
     loaded = reference_unet(manifest, source)
+    probe = probe_of_manifest(manifest.build)
     options = ExportOptions(
-        taps=manifest.tap_names,
+        taps=manifest.tap_names if probe is None else (probe.info.tap,),
         timestep=manifest.timestep,
         prompt=manifest.prompt or "",
         prompt_input=manifest.prompt_input,
@@ -81,7 +85,8 @@ def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
         freeu=FreeU.from_record(manifest.freeu),
         check_agreement=False,
     )
-    return build_export_graph(loaded, options).module
+    module = build_export_graph(loaded, options).module
+    return module if probe is None else with_probe(module, loaded, probe)
 
 
 def _reference_and_inputs(

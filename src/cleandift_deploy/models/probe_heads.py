@@ -281,7 +281,7 @@ def load_probe(path: Path, tap: str | None = None) -> ProbeFile:
         info.tap = tap
     probe = build_probe(info)
     _load_checked(probe, tensors, path)
-    return ProbeFile(probe.eval(), info, sha256_of([path]), path)
+    return ProbeFile(probe.eval(), info, sha256_of([path]), path.resolve())
 
 
 def _load_checked(probe: Probe, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -317,3 +317,33 @@ def check_classes(info: ProbeInfo, classes: int, where: str) -> None:
             f"the probe predicts {info.classes} classes but {where} has {classes}: "
             "train a probe for this data set"
         )
+
+
+def probe_record(probe_file: ProbeFile) -> dict[str, Any]:
+    """What a manifest says about a probe inside a graph: file, sha256 and the record."""
+    return {
+        "path": None if probe_file.path is None else str(probe_file.path),
+        "sha256": probe_file.sha256,
+        "info": asdict(probe_file.info),
+    }
+
+
+def probe_of_manifest(build: dict[str, Any], path: Path | None = None) -> ProbeFile | None:
+    """Reload the probe a manifest's `build` record names (or `path`), checking its sha256;
+    None for an artifact without a probe."""
+    record = build.get("probe")
+    if not record:
+        return None
+    where = Path(path or record["path"] or "")
+    if not where.is_file():
+        raise CleanDiftError(
+            f"the probe {record['path']} the model was exported with is not on this machine: "
+            "put it back at that path to rebuild the PyTorch reference"
+        )
+    loaded = load_probe(where, tap=record["info"]["tap"])
+    if loaded.sha256 != record["sha256"]:
+        raise CleanDiftError(
+            f"{where} is not the probe the model was exported with (sha256 "
+            f"{loaded.sha256[:12]} vs {record['sha256'][:12]}): give the original probe file"
+        )
+    return loaded

@@ -6,7 +6,8 @@ prompt and input contract), after checking that the checkpoint is the one the ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import CleanDiftError
 from ..export.exporter import input_info, package_versions
@@ -40,18 +41,27 @@ class ReferenceSpec:
     vae: bool = True
     noise: NoiseSpec | None = None
     freeu: FreeU | None = None
+    probe: dict[str, Any] = field(default_factory=dict)
+    """A probe head's manifest record (`build.head` and `build.probe`); empty: none."""
 
     @classmethod
     def like(cls, manifest: Manifest) -> ReferenceSpec:
         """The spec that reproduces an artifact's graph in PyTorch."""
+        probe: dict[str, Any] = {
+            k: manifest.build[k] for k in ("head", "probe") if k in manifest.build
+        }
+        taps = manifest.tap_names
+        if "probe" in probe:
+            taps = (probe["probe"]["info"]["tap"],)
         return cls(
-            taps=manifest.tap_names,
+            taps=taps,
             timestep=manifest.timestep,
             prompt=manifest.prompt or "",
             prompt_input=manifest.prompt_input,
             vae=manifest.input.name == "image",
             noise=NoiseSpec.from_record(manifest.noise),
             freeu=FreeU.from_record(manifest.freeu),
+            probe=probe if "probe" in probe else {},
         )
 
 
@@ -121,10 +131,19 @@ def build_reference(
         check_agreement=False,
     )
     graph = build_export_graph(loaded, options)
-    backend = TorchBackend(
-        graph.module, graph.module.input_names, graph.module.taps, device, precision
-    )
-    return backend, reference_manifest(loaded, spec, graph.timestep)
+    module = graph.module
+    manifest = reference_manifest(loaded, spec, graph.timestep)
+    if spec.probe:
+        from ..export.probe_graph import with_probe
+        from ..models.probe_heads import probe_of_manifest
+
+        probe = probe_of_manifest(spec.probe)
+        assert probe is not None
+        module = with_probe(module, loaded, probe)
+        manifest.taps = module.output_infos(loaded.unet.config)
+        manifest.build = dict(spec.probe)
+    backend = TorchBackend(module, module.input_names, module.taps, device, precision)
+    return backend, manifest
 
 
 def build_dino_reference(

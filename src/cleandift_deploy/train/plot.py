@@ -10,8 +10,10 @@ import torch
 from ..atomic import atomic_path
 
 
-def plot_losses(history: torch.Tensor, taps: Sequence[str], path: Path) -> Path:
-    """Draw `history [steps, taps]` (negative cosine similarity) and write it atomically."""
+def plot_losses(
+    history: torch.Tensor, taps: Sequence[str], path: Path, ylabel: str = "-cosine similarity"
+) -> Path:
+    """Draw `history [steps, taps]` (by default negative cosine similarity) atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +23,7 @@ def plot_losses(history: torch.Tensor, taps: Sequence[str], path: Path) -> Path:
     figure, (per_tap, total) = plt.subplots(1, 2, figsize=(11, 4))
     for column, tap in enumerate(taps):
         per_tap.plot(steps, history[:, column].numpy(), label=tap, linewidth=1)
-    per_tap.set(xlabel="step", ylabel="-cosine similarity", title="loss per tap")
+    per_tap.set(xlabel="step", ylabel=ylabel, title="loss per tap")
     per_tap.legend(fontsize="small", ncol=2)
     total.plot(steps, history.sum(dim=1).numpy(), color="black", linewidth=1)
     total.set(xlabel="step", ylabel="sum over taps", title="total loss")
