@@ -18,8 +18,9 @@ FORMS = ("scale_aware", "scale_invariant")
 
 
 def fit_scale_shift(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Least-squares (s, t) minimising sum over valid pixels of (s p + t - g)^2; (1, 0) when
-    the system is singular (e.g. a constant prediction)."""
+    """Least-squares (s, t) minimising sum over valid pixels of (s p + t - g)^2. A constant
+    prediction (singular system) gets s = 1 and the shift to the image's mean depth, its best
+    fit (probe3d leaves it unchanged), so a constant baseline is scored fairly in this form."""
     valid = truth > 0
     p = prediction[valid].astype(np.float64)
     g = truth[valid].astype(np.float64)
@@ -27,7 +28,7 @@ def fit_scale_shift(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, f
     b0, b1 = float((p * g).sum()), float(g.sum())
     det = a00 * a11 - a01 * a01
     if det == 0:
-        return 1.0, 0.0
+        return 1.0, (b1 - a01) / a11 if a11 else 0.0
     return (a11 * b0 - a01 * b1) / det, (-a01 * b0 + a00 * b1) / det
 
 

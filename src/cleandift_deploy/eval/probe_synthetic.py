@@ -63,9 +63,10 @@ def _photo(name: str) -> Image.Image:
     return load_photo(name)
 
 
-def random_crop(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
-    """A random square crop of a random photo, resized to `size`, maybe mirrored."""
-    photo = PHOTOS[int(rng.integers(len(PHOTOS)))]
+def random_crop(rng: np.random.Generator, size: int, index: int) -> tuple[str, np.ndarray]:
+    """A random square crop of photo `index` (cycling through them, so every class of the kNN
+    layout is in both splits once a split has six images), resized to `size`, maybe mirrored."""
+    photo = PHOTOS[index % len(PHOTOS)]
     image = _photo(photo.name)
     side = int(min(image.size) * rng.uniform(0.4, 0.9))
     left = int(rng.integers(0, image.width - side + 1))
@@ -98,7 +99,7 @@ def make_probe_synthetic(root: Path, counts: SyntheticCounts, seed: int = 0) -> 
     for nyu_split, (voc_split, count) in splits.items():
         names = []
         for index in range(count):
-            photo, pixels = random_crop(rng, counts.size)
+            photo, pixels = random_crop(rng, counts.size, index)
             name = f"{nyu_split}_{index:04d}"
             names.append(name)
             image = Image.fromarray(pixels)

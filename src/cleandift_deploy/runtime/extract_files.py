@@ -3,7 +3,9 @@
 Each output holds the tap tensors `[C, h, w]` and, as metadata, the image's original size, how it
 was fitted, and the hash of the model's manifest, so a feature file always says which model made it.
 Outputs that already exist are skipped (unless overwriting); images that cannot be decoded are
-collected and reported at the end instead of stopping the run.
+collected and reported at the end instead of stopping the run. For a graph with a probe inside
+(`export --head`) each image also gets its map at the original size (`NAME.depth.png`, 16-bit
+millimetres, or `NAME.labels.png`) and a picture beside the output.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..errors import CleanDiftError
 from .extractor import FeatureExtractor
 from .images import IMAGE_SUFFIXES, read_image
 from .pca import save_pca_picture
+from .prediction_maps import write_prediction_files
 from .preprocess import Placement
 
 OUTPUT_SUFFIX = ".safetensors"
@@ -129,7 +132,13 @@ def _write_batch(
     for index, (job, placement) in enumerate(zip(jobs, features.placements, strict=True)):
         tensors = {name: t[index].cpu().contiguous() for name, t in features.taps.items()}
         _save(job.output, tensors, feature_metadata(extractor, placement, job.image))
-        if pca:
+        probe = extractor.manifest.build.get("probe")
+        if probe:
+            stem = job.output.with_name(job.output.name[: -len(OUTPUT_SUFFIX)])
+            task = probe["info"]["task"]
+            output = tensors[extractor.taps[0]]
+            write_prediction_files(stem, output, placement, images[index], task)
+        elif pca:
             tap = extractor.taps[-1]
             picture = job.output.with_name(job.output.name[: -len(OUTPUT_SUFFIX)] + PCA_SUFFIX)
             cells = _content_cells(extractor, tap, placement)

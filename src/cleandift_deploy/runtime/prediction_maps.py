@@ -131,3 +131,23 @@ def segmentation_picture(
         panels.append(np.asarray(palette_image(truth).convert("RGB")))
     panels.append(np.asarray(palette_image(prediction).convert("RGB")))
     side_by_side(panels, path)
+
+
+def write_prediction_files(
+    stem: Path, prediction: torch.Tensor, placement: Placement, image: np.ndarray, task: str
+) -> list[Path]:
+    """For `extract` on a probe graph: `STEM.depth.png` (16-bit mm) or `STEM.labels.png`
+    (palette), and `STEM.picture.png` (input | prediction), at the original image size."""
+    original = to_original(prediction.float().cpu(), placement)
+    picture = stem.with_name(stem.name + ".picture.png")
+    if task == "depth":
+        path = stem.with_name(stem.name + ".depth.png")
+        metres = millimetres(original[0].numpy()).astype(np.float64) / 1000.0
+        write_millimetre_png(path, metres)
+        depth_picture(image, metres, picture)
+    else:
+        path = stem.with_name(stem.name + ".labels.png")
+        labels = original.argmax(dim=0).numpy().astype(np.uint8)
+        write_palette_png(path, labels)
+        segmentation_picture(image, labels, picture)
+    return [path, picture]
