@@ -62,9 +62,9 @@ def run_variant(variant: str, arch: str, size: int, ensemble: int, repeats: int,
     """In a fresh process: build `arch` (random weights), time `variant`, save its figures."""
     import torch
 
-    from cleandift_deploy.export.graph_module import build_export_graph
-    from cleandift_deploy.export.options import ExportOptions
     from cleandift_deploy.models import random_unet
+    from cleandift_deploy.models.graph_module import build_export_graph
+    from cleandift_deploy.models.graph_options import ExportOptions
     from cleandift_deploy.models.noise import NoiseSpec
 
     torch.manual_seed(0)
@@ -102,8 +102,8 @@ def count_tflop(arch: str, size: int, ensemble: int) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cleandift_deploy.export.graph_module import ExportGraph
     from cleandift_deploy.models import FeatureUNet, VAEEncoder, build_vae, get_arch, random_unet
+    from cleandift_deploy.models.graph_module import ExportGraph
     from cleandift_deploy.models.noise import EnsembleNoiser, NoiseSpec
 
     unet = random_unet(arch, device="meta").unet

@@ -37,12 +37,13 @@ from rich.progress import Progress
 
 from cleandift_deploy.descriptors import PRESETS
 from cleandift_deploy.eval.datasets import load_pairs
-from cleandift_deploy.eval.methods import MethodOptions, build_method
 from cleandift_deploy.eval.photoset import make_synthetic
-from cleandift_deploy.eval.run import evaluate
+from cleandift_deploy.eval.protocol import MethodOptions
+from cleandift_deploy.eval.scoring import evaluate
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.agreement import tap_agreement
 from cleandift_deploy.export.dinov2_export import DinoExportOptions, export_dinov2
+from cleandift_deploy.methods.registry import build_method
 from cleandift_deploy.models import random_unet
 from cleandift_deploy.models.dinov2 import random_dino
 from cleandift_deploy.runtime.extractor import FeatureExtractor

@@ -34,9 +34,9 @@ from harness.run import Benchmark
 from harness.timing import Protocol, Timing, measure
 from rich.progress import track
 
-from cleandift_deploy.eval.features import match_into
 from cleandift_deploy.eval.grid import MatchGrid
 from cleandift_deploy.kernels.target_field import prepare_target
+from cleandift_deploy.methods.features import match_into
 
 NAME = "eval_matching"
 IMAGE = (375, 500)  # (H, W)

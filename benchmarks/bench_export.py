@@ -41,10 +41,10 @@ def export_one(precision: str, folder: Path, arch: str, size: int) -> dict[str, 
     """Export in this process; time, peak memory, size, then agreement."""
     from cleandift_deploy.export import ExportOptions, export_onnx
     from cleandift_deploy.export.agreement import as_record
-    from cleandift_deploy.export.graph_module import build_export_graph
     from cleandift_deploy.export.measure import agreement_batches, measure_agreement
-    from cleandift_deploy.export.shapes import plan_shapes
     from cleandift_deploy.models import random_unet
+    from cleandift_deploy.models.graph_module import build_export_graph
+    from cleandift_deploy.models.graph_shapes import plan_shapes
 
     loaded = random_unet(arch, seed=0)
     options = ExportOptions(

@@ -79,8 +79,8 @@ def run_child(name: str, mode: str, threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    from cleandift_deploy.hedlin.matcher import HedlinMatcher
-    from cleandift_deploy.hedlin.settings import HedlinSettings
+    from cleandift_deploy.methods.hedlin.matcher import HedlinMatcher
+    from cleandift_deploy.methods.hedlin.settings import HedlinSettings
     from cleandift_deploy.models import load_vae, random_unet
     from cleandift_deploy.train.noising import noise_scheduler
 

@@ -49,8 +49,12 @@ def _pairs(folder: Path, count: int) -> list[Any]:
 
 def _step_times(store: Any, pairs: list[Any], steps: int, channels: tuple[int, ...]) -> list[float]:
     """Seconds of each training step over `store` (cache or UNet in the loop)."""
-    from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
-    from cleandift_deploy.hyperfeatures.train import HyperTrainSettings, make_optimizer, train_steps
+    from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
+    from cleandift_deploy.methods.hyperfeatures.train import (
+        HyperTrainSettings,
+        make_optimizer,
+        train_steps,
+    )
 
     torch.manual_seed(0)
     network = AggregationNetwork(channels, 1)
@@ -72,8 +76,8 @@ def _step_times(store: Any, pairs: list[Any], steps: int, channels: tuple[int, .
 def bench_training(arch: str, steps: int, loop_steps: int, work: Path) -> dict[str, Any]:
     """Steps per second with cached maps vs the UNet in the loop."""
     from cleandift_deploy.eval.cache import FeatureCache
-    from cleandift_deploy.hyperfeatures.extract import ExtractSettings, UNetMaps
-    from cleandift_deploy.hyperfeatures.train import MapStore
+    from cleandift_deploy.methods.hyperfeatures.extract import ExtractSettings, UNetMaps
+    from cleandift_deploy.methods.hyperfeatures.train import MapStore
     from cleandift_deploy.models import random_unet
 
     pairs = _pairs(work / f"pairs-{arch}", 4)
@@ -106,9 +110,9 @@ def bench_training(arch: str, steps: int, loop_steps: int, work: Path) -> dict[s
 
 
 def _checkpoint(arch: str, work: Path) -> tuple[Path, Any]:
-    from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
-    from cleandift_deploy.hyperfeatures.checkpoint import AggregatorInfo, save_aggregator
-    from cleandift_deploy.hyperfeatures.extract import layer_channels
+    from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
+    from cleandift_deploy.methods.hyperfeatures.checkpoint import AggregatorInfo, save_aggregator
+    from cleandift_deploy.methods.hyperfeatures.extract import layer_channels
     from cleandift_deploy.models import random_unet
 
     loaded = random_unet(arch, seed=0)
@@ -129,9 +133,9 @@ def _checkpoint(arch: str, work: Path) -> tuple[Path, Any]:
 def bench_export(arch: str, repeats: int, work: Path) -> dict[str, Any]:
     """ONNX Runtime vs PyTorch eager on the exported one-step graph, batch 1."""
     from cleandift_deploy.export.exporter import export_onnx
-    from cleandift_deploy.export.options import ExportOptions
-    from cleandift_deploy.hyperfeatures.checkpoint import load_aggregator
-    from cleandift_deploy.hyperfeatures.graph import OUTPUT, hyperfeature_spec
+    from cleandift_deploy.methods.hyperfeatures.checkpoint import load_aggregator
+    from cleandift_deploy.methods.hyperfeatures.graph import OUTPUT, hyperfeature_spec
+    from cleandift_deploy.models.graph_options import ExportOptions
     from cleandift_deploy.runtime.ort_session import create_session
 
     path, loaded = _checkpoint(arch, work)

@@ -29,7 +29,7 @@ from harness.timing import Protocol, Timing, load_average, measure
 from cleandift_deploy.kernels import match_dense, match_points
 from cleandift_deploy.kernels.api import choose_dense_impl
 from cleandift_deploy.kernels.cpu_features import bf16_gemm_speedup, has_bf16_gemm_isa
-from cleandift_deploy.kernels.reference import reference_match_dense, reference_match_points
+from cleandift_deploy.kernels.oracles import reference_match_dense, reference_match_points
 
 SEED = 0
 

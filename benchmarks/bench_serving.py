@@ -48,8 +48,8 @@ from PIL import Image
 from safetensors.torch import load as load_safetensors
 
 from cleandift_deploy.export.exporter import export_onnx
-from cleandift_deploy.export.options import ExportOptions
 from cleandift_deploy.models import random_unet
+from cleandift_deploy.models.graph_options import ExportOptions
 from cleandift_deploy.runtime.extract_files import extract_files, plan_jobs
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.machine import cpu_description

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 from diffusers import AutoencoderKL
 
-from cleandift_deploy.hedlin.matcher import HedlinMatcher
-from cleandift_deploy.hedlin.settings import HedlinSettings
+from cleandift_deploy.methods.hedlin.matcher import HedlinMatcher
+from cleandift_deploy.methods.hedlin.settings import HedlinSettings
 from cleandift_deploy.models import load_vae
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.train.noising import noise_scheduler

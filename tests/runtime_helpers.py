@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from cleandift_deploy.export.exporter import export_onnx
-from cleandift_deploy.export.options import ExportOptions
 from cleandift_deploy.manifest import InputInfo, Manifest, ShapeRange, TapInfo
+from cleandift_deploy.models.graph_options import ExportOptions
 from cleandift_deploy.models.loading import LoadedUNet
 
 TINY_TAPS = ("us3", "us6")

@@ -12,10 +12,10 @@ from export_helpers import run_cli
 from runtime_helpers import export_tiny
 from torch.utils.flop_counter import FlopCounterMode
 
-from cleandift_deploy.export.flops import count_flops
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.bench import BenchBudget, latencies, summarise
 from cleandift_deploy.runtime.extractor import FeatureExtractor
+from cleandift_deploy.runtime.flops import count_flops
 
 ROW_FIELDS = {
     "backend",

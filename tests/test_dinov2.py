@@ -10,8 +10,8 @@ import torch
 from export_helpers import run_cli
 from safetensors.torch import load_file
 
+from cleandift_deploy.cli.dinov2 import DINO_ARCH_NAMES
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.export.dinov2_commands import DINO_ARCH_NAMES
 from cleandift_deploy.models.dinov2 import (
     DINO_ARCHS,
     IMAGENET_MEAN,

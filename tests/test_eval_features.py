@@ -14,14 +14,15 @@ from runtime_helpers import export_tiny
 
 from cleandift_deploy.cli import main
 from cleandift_deploy.eval.datasets import load_pairs
-from cleandift_deploy.eval.features import FeaturesMethod, Prompts
-from cleandift_deploy.eval.methods import MethodOptions, PairSample, build_method
 from cleandift_deploy.eval.photoset import make_synthetic
-from cleandift_deploy.eval.run import evaluate
+from cleandift_deploy.eval.protocol import MethodOptions, PairSample
+from cleandift_deploy.eval.scoring import evaluate
+from cleandift_deploy.methods.features import FeaturesMethod, Prompts
+from cleandift_deploy.methods.registry import build_method
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.images import read_image
-from cleandift_deploy.runtime.reference import ReferenceSpec
+from cleandift_deploy.runtime.torch_reference import ReferenceSpec
 
 SIZE = (64, 64)
 ALPHAS = (0.01, 0.05, 0.1, 0.15)

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.eval.methods import (
-    METHODS,
-    MethodOptions,
-    PairSample,
-    build_method,
-    register_method,
-)
+from cleandift_deploy.eval.protocol import MethodOptions, PairSample
+from cleandift_deploy.methods.registry import METHODS, build_method, register_method
 
 
 class ShiftMethod:
@@ -61,7 +56,7 @@ def test_an_unknown_method_names_the_known_ones() -> None:
 
 
 def test_cli_option_parsers_refuse_bad_values() -> None:
-    from cleandift_deploy.eval.commands import parse_alphas, parse_filters, parse_pairs
+    from cleandift_deploy.cli.eval import parse_alphas, parse_filters, parse_pairs
 
     assert parse_alphas("0.05, 0.1") == (0.05, 0.1)
     assert parse_pairs(("size=768", "resize=pad"), "--set") == {"size": "768", "resize": "pad"}

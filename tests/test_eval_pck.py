@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.eval.methods import PairSample
 from cleandift_deploy.eval.pck import aggregate, alpha_key, pair_score, reference_length
+from cleandift_deploy.eval.protocol import PairSample
 
 
 def sample(category: str, truth: list[list[float]], bbox, size=(200, 80)) -> PairSample:

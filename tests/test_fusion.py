@@ -13,10 +13,11 @@ import torch
 from cleandift_deploy.descriptors import PRESETS
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.datasets import load_pairs
-from cleandift_deploy.eval.methods import MethodOptions, PairSample, build_method
 from cleandift_deploy.eval.photoset import make_synthetic
+from cleandift_deploy.eval.protocol import MethodOptions, PairSample
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.dinov2_export import DinoExportOptions, export_dinov2
+from cleandift_deploy.methods.registry import build_method
 from cleandift_deploy.models.dinov2 import random_dino
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.fusion import (

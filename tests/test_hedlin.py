@@ -12,16 +12,16 @@ from diffusers import DDIMScheduler
 from hedlin_helpers import SMALL, matcher, photo, tiny_vae
 
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.hedlin.attention import capture_cross_attention, cross_attention
-from cleandift_deploy.hedlin.geometry import (
+from cleandift_deploy.methods.hedlin.attention import capture_cross_attention, cross_attention
+from cleandift_deploy.methods.hedlin.geometry import (
     argmax_xy,
     crop_start_range,
     gaussian_target,
     sample_crop,
 )
-from cleandift_deploy.hedlin.model import AttentionModel, deepest_tap
-from cleandift_deploy.hedlin.readout import predict_points, read_out
-from cleandift_deploy.hedlin.settings import HedlinSettings, settings_from_strings
+from cleandift_deploy.methods.hedlin.model import AttentionModel, deepest_tap
+from cleandift_deploy.methods.hedlin.readout import predict_points, read_out
+from cleandift_deploy.methods.hedlin.settings import HedlinSettings, settings_from_strings
 from cleandift_deploy.models import load_vae, random_unet
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.train.noising import noise_scheduler

@@ -12,8 +12,9 @@ import pytest
 from cleandift_deploy.cli import main
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.datasets import load_pairs
-from cleandift_deploy.eval.methods import MethodOptions, build_method
 from cleandift_deploy.eval.photoset import make_synthetic
+from cleandift_deploy.eval.protocol import MethodOptions
+from cleandift_deploy.methods.registry import build_method
 from cleandift_deploy.runtime.images import read_image
 
 SMALL = {"steps": "2", "inits": "2", "readout_crops": "5"}

@@ -12,10 +12,15 @@ import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from model_helpers import hooked_taps
 
-from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
-from cleandift_deploy.hyperfeatures.extract import ExtractSettings, UNetMaps, layer_channels
-from cleandift_deploy.hyperfeatures.loss import TEMPERATURE, clip_loss
-from cleandift_deploy.hyperfeatures.schedule import MULTI_STEP, ONE_STEP, Variant, ddim_invert
+from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
+from cleandift_deploy.methods.hyperfeatures.extract import ExtractSettings, UNetMaps, layer_channels
+from cleandift_deploy.methods.hyperfeatures.loss import TEMPERATURE, clip_loss
+from cleandift_deploy.methods.hyperfeatures.schedule import (
+    MULTI_STEP,
+    ONE_STEP,
+    Variant,
+    ddim_invert,
+)
 from cleandift_deploy.models.configs import SD15
 from cleandift_deploy.models.taps import RESNET_TAP_NAMES
 

@@ -14,17 +14,17 @@ from export_helpers import run_onnx as run_graph
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.photoset import make_synthetic
-from cleandift_deploy.export.options import ExportOptions
 from cleandift_deploy.export.tensorrt_build import BuildOptions, build_engine
-from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
-from cleandift_deploy.hyperfeatures.checkpoint import (
+from cleandift_deploy.manifest import Manifest, sidecar_path
+from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
+from cleandift_deploy.methods.hyperfeatures.checkpoint import (
     AggregatorInfo,
     load_aggregator,
     save_aggregator,
 )
-from cleandift_deploy.hyperfeatures.extract import layer_channels
-from cleandift_deploy.hyperfeatures.graph import OUTPUT, hyperfeature_spec
-from cleandift_deploy.manifest import Manifest, sidecar_path
+from cleandift_deploy.methods.hyperfeatures.extract import layer_channels
+from cleandift_deploy.methods.hyperfeatures.graph import OUTPUT, hyperfeature_spec
+from cleandift_deploy.models.graph_options import ExportOptions
 from cleandift_deploy.models.loading import LoadedUNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -129,7 +129,8 @@ def test_multi_step_and_foreign_unet_are_refused(tiny, tmp_path: Path) -> None:
 
 
 def test_torch_backend_on_the_artifact_points_to_the_checkpoint(artifacts: dict[str, Path]) -> None:
-    from cleandift_deploy.eval.methods import MethodOptions, build_method
+    from cleandift_deploy.eval.protocol import MethodOptions
+    from cleandift_deploy.methods.registry import build_method
 
     options = MethodOptions(model=artifacts["fp32"], backend="torch")
     with pytest.raises(CleanDiftError, match="give --checkpoint"):

@@ -15,14 +15,15 @@ from hyperfeature_helpers import write_spair_set
 from cleandift_deploy.cli import cli
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.datasets import load_pairs
-from cleandift_deploy.eval.methods import MethodOptions, build_method
 from cleandift_deploy.eval.pck import pck, reference_length
 from cleandift_deploy.eval.photoset import make_synthetic
-from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
-from cleandift_deploy.hyperfeatures.checkpoint import load_aggregator, save_aggregator
-from cleandift_deploy.hyperfeatures.extract import ExtractSettings
-from cleandift_deploy.hyperfeatures.run import RunOptions, run_training
-from cleandift_deploy.hyperfeatures.train import HyperTrainSettings
+from cleandift_deploy.eval.protocol import MethodOptions
+from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
+from cleandift_deploy.methods.hyperfeatures.checkpoint import load_aggregator, save_aggregator
+from cleandift_deploy.methods.hyperfeatures.extract import ExtractSettings
+from cleandift_deploy.methods.hyperfeatures.train import HyperTrainSettings
+from cleandift_deploy.methods.hyperfeatures.training_run import RunOptions, run_training
+from cleandift_deploy.methods.registry import build_method
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

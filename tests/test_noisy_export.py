@@ -24,15 +24,15 @@ from export_helpers import (
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.compare import compare_artifact
-from cleandift_deploy.export.graph_module import build_export_graph
 from cleandift_deploy.export.tensorrt_build import BuildOptions, build_engine
 from cleandift_deploy.manifest import Manifest, sidecar_path
 from cleandift_deploy.models import load_vae, random_prompt_embedding
 from cleandift_deploy.models.freeu import FreeU
+from cleandift_deploy.models.graph_module import build_export_graph
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.models.noise import EnsembleNoiser, NoiseSpec, alphas_cumprod, fixed_draws
 from cleandift_deploy.runtime.extractor import FeatureExtractor
-from cleandift_deploy.runtime.reference import ReferenceSpec, build_reference
+from cleandift_deploy.runtime.torch_reference import ReferenceSpec, build_reference
 
 TAPS = ("us3", "us6")
 NOISE = NoiseSpec(timestep=261, ensemble=3, seed=7)

@@ -13,8 +13,8 @@ from ort_helpers import cosine, max_abs
 
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.export import export_onnx
-from cleandift_deploy.export.graph_module import build_export_graph
-from cleandift_deploy.export.options import ExportOptions
+from cleandift_deploy.models.graph_module import build_export_graph
+from cleandift_deploy.models.graph_options import ExportOptions
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.ort_attention import count_fused, fuse_attention
 from cleandift_deploy.runtime.ort_session import create_session, physical_cores, session_options

@@ -40,7 +40,7 @@ from cleandift_deploy.models.probe_heads import (
     save_probe,
 )
 from cleandift_deploy.runtime.extractor import FeatureExtractor
-from cleandift_deploy.runtime.reference import ReferenceSpec
+from cleandift_deploy.runtime.torch_reference import ReferenceSpec
 from cleandift_deploy.train.probes import ProbeTrainSettings, train_probe
 
 pytestmark = pytest.mark.usefixtures("single_thread")

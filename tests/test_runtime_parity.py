@@ -13,7 +13,7 @@ from runtime_helpers import TINY_TAPS, agreement, export_tiny, random_rgb
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.preprocess import PAD_VALUE, prepare
-from cleandift_deploy.runtime.reference import ReferenceSpec
+from cleandift_deploy.runtime.torch_reference import ReferenceSpec
 
 FP32_COSINE = 0.99999
 

@@ -26,8 +26,8 @@ from train_helpers import make_image_folder
 from cleandift_deploy.cli import main
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.photoset import make_synthetic
-from cleandift_deploy.hyperfeatures.aggregation import AggregationNetwork
-from cleandift_deploy.hyperfeatures.checkpoint import load_aggregator
+from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
+from cleandift_deploy.methods.hyperfeatures.checkpoint import load_aggregator
 from cleandift_deploy.models import load_unet, random_unet
 from cleandift_deploy.train.data import SampleOrder
 from cleandift_deploy.train.distill import Distiller

@@ -1,4 +1,5 @@
-"""`python -m cleandift_deploy ...`: what `torchrun -m cleandift_deploy train ...` runs per rank."""
+"""`python -m cleandift_deploy ...`: the same command line as `cleandift-deploy` (and what
+`torchrun -m cleandift_deploy train ...` runs per rank)."""
 
 from .cli import main
 

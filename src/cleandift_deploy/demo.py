@@ -17,11 +17,11 @@ from PIL import Image
 from rich.console import Console
 
 from .cli import cli
+from .cli.export import agreement_table
 from .eval.datasets import load_pairs
 from .eval.photoset import make_synthetic
 from .export import ExportOptions, export_onnx
 from .export.agreement import compare_outputs
-from .export.commands import agreement_table
 from .manifest import Manifest
 from .models import random_unet
 from .models.loading import LoadedUNet

@@ -18,6 +18,46 @@ from .errors import CleanDiftError
 FORMAT_VERSION = 1
 """Bumped whenever a field changes meaning; the runtime refuses other versions."""
 
+RANDOM_SOURCE_PREFIX = "random-init:"
+"""`source` of a model with random weights: `random-init:ARCH`."""
+RANDOM_CHECKPOINT_PREFIX = "random-init-seed"
+"""`checkpoint_sha256` of a model with random weights: `random-init-seedN` (rebuilt from N)."""
+_VERSIONED = ("torch", "onnx", "onnxruntime", "diffusers", "onnx-graphsurgeon")
+
+
+def random_source(arch: str) -> str:
+    """The `source` recorded for random weights of `arch`."""
+    return f"{RANDOM_SOURCE_PREFIX}{arch}"
+
+
+def random_checkpoint(seed: int) -> str:
+    """The `checkpoint_sha256` recorded for random weights drawn with `seed`."""
+    return f"{RANDOM_CHECKPOINT_PREFIX}{seed}"
+
+
+def is_random_source(source: str) -> bool:
+    """Whether `source` names random weights rather than a checkpoint."""
+    return source.startswith(RANDOM_SOURCE_PREFIX)
+
+
+def random_seed(checkpoint_sha256: str) -> int:
+    """The seed a random-weights `checkpoint_sha256` records (0 when it records none)."""
+    seed = checkpoint_sha256.removeprefix(RANDOM_CHECKPOINT_PREFIX)
+    return int(seed) if seed.isdigit() else 0
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the tools that shaped an artifact."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"cleandift-deploy": __version__}
+    for name in _VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
 
 @dataclass
 class TapInfo:

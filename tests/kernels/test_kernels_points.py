@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cleandift_deploy.kernels import match_points
 from cleandift_deploy.kernels.geometry import bilinear_axis
-from cleandift_deploy.kernels.reference import reference_match_points
+from cleandift_deploy.kernels.oracles import reference_match_points
 from cleandift_deploy.kernels.target_field import neighbour_grams, upsampled_inverse_norms
 
 # (src map, src image, tgt map, tgt image): odd, non-square, up- and down-scaling

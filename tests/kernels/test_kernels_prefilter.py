@@ -11,7 +11,7 @@ import torch
 from kernel_checks import assert_pairs_equal, assert_top1_agrees, cosine_matrix
 
 from cleandift_deploy.kernels import dense_prefilter, match_dense
-from cleandift_deploy.kernels.reference import reference_match_dense
+from cleandift_deploy.kernels.oracles import reference_match_dense
 
 SHAPES = [(1, 1, 1), (1, 7, 3), (257, 130, 3), (300, 257, 64), (40, 70, 1280), (129, 300, 1280)]
 

@@ -11,7 +11,7 @@ import torch
 from kernel_checks import assert_pairs_equal, assert_top1_agrees
 
 from cleandift_deploy.kernels import match_dense
-from cleandift_deploy.kernels.reference import reference_match_dense
+from cleandift_deploy.kernels.oracles import reference_match_dense
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),

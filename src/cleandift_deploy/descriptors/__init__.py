@@ -3,6 +3,8 @@
 co-PCA (exact or sd-dino's randomised one) and fitted PCA bases, multi-layer resize-and-concat,
 part-wise normalisation, and the named presets `dift`, `cleandift`, `sd-dino`, `geoaware`.
 No model code lives here: inputs are feature maps from any backend.
+
+May import: models, kernels, manifest, atomic, values, errors (pure tensor code; no runtime).
 """
 
 from .layers import normalise_parts, progressive_concat, resize_concat, resize_map, unit_tokens

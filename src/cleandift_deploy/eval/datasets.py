@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CleanDiftError
-from .methods import PairSample
+from .protocol import PairSample
 
 DATASETS = ("spair", "pfpascal", "pfwillow")
 

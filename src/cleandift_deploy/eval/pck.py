@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CleanDiftError
-from .methods import PairSample
+from .protocol import PairSample
 
 CONVENTIONS = ("bbox", "img", "kps")
 DEFAULT_CONVENTION = {"spair": "bbox", "pfpascal": "img", "pfwillow": "kps"}

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CleanDiftError
 from .datasets import image_size, require_file, same_length
-from .methods import PairSample
+from .protocol import PairSample
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CleanDiftError
 from .datasets import image_size, require_file
-from .methods import PairSample
+from .protocol import PairSample
 
 POINTS = 10
 COLUMNS = 2 + 4 * POINTS

@@ -19,7 +19,7 @@ from PIL import Image
 from ..atomic import write_text_atomic
 from .draw import draw_matches
 from .pck import alpha_key
-from .run import Evaluation
+from .scoring import Evaluation
 
 PICTURES = 5
 PICTURE_ALPHA = 0.1

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CleanDiftError
 from .datasets import points_array, require_file, same_length
-from .methods import PairSample
+from .protocol import PairSample
 
 SPLITS = ("trn", "val", "test")
 DIFFICULTY_FIELDS = (

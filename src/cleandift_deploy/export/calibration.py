@@ -17,9 +17,9 @@ import onnx
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CleanDiftError
+from ..models.graph_module import IMAGE_INPUT
 from .cleanup import PROTOBUF_LIMIT, weight_bytes
 from .fp16 import FLOAT, name_nodes, tensor_types
-from .graph_module import IMAGE_INPUT
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

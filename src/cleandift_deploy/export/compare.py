@@ -8,22 +8,29 @@ from pathlib import Path
 
 from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
-from ..models import load_unet, random_unet
 from ..models.dinov2 import DinoFeatures, is_dinov2
-from ..models.freeu import FreeU
-from ..models.loading import LoadedUNet
-from ..models.noise import NoiseSpec
+from ..models.graph_module import ExportGraph
+from ..models.graph_shapes import ShapePlan
+from ..models.provenance import (
+    Recorded,
+    Wording,
+    dino_reference_module,
+    reference_graph,
+    reload_unet,
+)
 from .agreement import TapAgreement, compare_outputs, failures
 from .artifact_files import read_manifest_metadata
 from .artifact_runners import Batches, run_artifact
-from .dinov2_export import dino_batches, dino_reference_module
+from .dinov2_export import dino_batches
 from .golden import load_golden, save_golden
-from .graph_module import IMAGE_INPUT, ExportGraph, build_export_graph
 from .measure import agreement_batches, concat_runs, reference_outputs
-from .options import ExportOptions
-from .shapes import ShapePlan
 
-RANDOM_SEED_PREFIX = "random-init-seed"
+COMPARE_WORDING = Wording(
+    what="the checkpoint the artifact was exported from",
+    fix="pass the original with --reference",
+    missing=None,
+    name_given=True,
+)
 
 
 @dataclass
@@ -47,21 +54,6 @@ def artifact_manifest(path: Path) -> Manifest:
     raise CleanDiftError(f"no manifest {sidecar.name} beside {path.name}: rebuild the engine")
 
 
-def reference_unet(manifest: Manifest, source: str | None) -> LoadedUNet:
-    """The checkpoint the artifact came from (or `source`), checked against the manifest's hash."""
-    if source is None and manifest.source.startswith("random-init:"):
-        seed = int(manifest.checkpoint_sha256.removeprefix(RANDOM_SEED_PREFIX))
-        return random_unet(manifest.arch, seed)
-    loaded = load_unet(source or manifest.source, arch=None)
-    if loaded.checkpoint_sha256 != manifest.checkpoint_sha256:
-        raise CleanDiftError(
-            f"the reference {loaded.source} is not the checkpoint the artifact was exported from "
-            f"(sha256 {loaded.checkpoint_sha256[:12]} vs {manifest.checkpoint_sha256[:12]}): "
-            "pass the original with --reference"
-        )
-    return loaded
-
-
 def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
     """The fp32 PyTorch module that computes what the artifact claims to compute."""
     if manifest.noise.get("random"):
@@ -69,24 +61,8 @@ def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:
             "the artifact draws fresh noise on every call, so no reference can agree with it: "
             "export with fixed noise (no --random-noise) to compare"
         )
-    from ..models.probe_heads import probe_of_manifest
-    from .probe_graph import with_probe
-
-    loaded = reference_unet(manifest, source)
-    probe = probe_of_manifest(manifest.build)
-    options = ExportOptions(
-        taps=manifest.tap_names if probe is None else (probe.info.tap,),
-        timestep=manifest.timestep,
-        prompt=manifest.prompt or "",
-        prompt_input=manifest.prompt_input,
-        vae=manifest.input.name == IMAGE_INPUT,
-        random_init=manifest.source.startswith("random-init:"),
-        noise=NoiseSpec.from_record(manifest.noise),
-        freeu=FreeU.from_record(manifest.freeu),
-        check_agreement=False,
-    )
-    module = build_export_graph(loaded, options).module
-    return module if probe is None else with_probe(module, loaded, probe)
+    loaded = reload_unet(Recorded.of(manifest), source, COMPARE_WORDING)
+    return reference_graph(loaded, manifest).module
 
 
 def _reference_and_inputs(

@@ -14,21 +14,16 @@ from pathlib import Path
 import torch
 
 from ..errors import CleanDiftError
-from ..manifest import InputInfo, Manifest, TapInfo
+from ..manifest import Manifest
 from ..models.dinov2 import (
-    DINO_ARCHS,
-    DINO_TAP,
-    PATCH,
-    RANDOM_PREFIX,
-    SEED_PREFIX,
     DinoFeatures,
     LoadedDino,
     check_dino_size,
     default_dino_size,
-    load_dino,
-    random_dino,
 )
-from ..models.sources import find_recorded
+from ..models.dinov2_graph import dino_manifest
+from ..models.graph_options import EXTERNAL_DATA_THRESHOLD, check_common
+from ..models.graph_shapes import ShapePlan, plan_ranges
 from .agreement import as_record, compare_outputs, failures
 from .artifact_files import (
     publish,
@@ -39,14 +34,11 @@ from .artifact_files import (
 )
 from .artifact_runners import Batches, run_onnx
 from .cleanup import fold_and_clean
-from .exporter import check_onnx, package_versions
+from .exporter import check_onnx
 from .fp16 import to_mixed_fp16
 from .measure import concat_runs, reference_outputs
-from .options import EXTERNAL_DATA_THRESHOLD, check_common
-from .shapes import ShapePlan, plan_ranges
 from .trace import trace_to_onnx
 
-DINO_INPUT = InputInfo("image", "uint8", "NCHW", (0.0, 255.0), "letterbox", PATCH)
 """uint8 images, ImageNet mean/std applied in the graph, letterboxed by the runtime."""
 
 
@@ -91,30 +83,6 @@ def dino_batches(plan: ShapePlan, generator: torch.Generator | None = None) -> B
     ]
 
 
-def dino_manifest(
-    loaded: LoadedDino, module: DinoFeatures, plan: ShapePlan, precision: str, **build: object
-) -> Manifest:
-    """The manifest of a DINOv2 artifact (or of its PyTorch reference with kind="pytorch")."""
-    return Manifest(
-        kind="onnx",
-        arch=loaded.arch,
-        source=loaded.source,
-        checkpoint_sha256=loaded.checkpoint_sha256,
-        origin=dict(loaded.origin),
-        taps=[TapInfo(DINO_TAP, module.channels, PATCH)],
-        input=DINO_INPUT,
-        batch=plan.batch,
-        height=plan.height,
-        width=plan.width,
-        timestep=None,
-        prompt=None,
-        prompt_input=False,
-        precision=precision,
-        versions=package_versions(),
-        build={"backbone": "dinov2", "layer": module.layer, "normalisation": "imagenet", **build},
-    )
-
-
 def dino_agreement(
     path: Path, module: DinoFeatures, plan: ShapePlan, precision: str
 ) -> dict[str, object]:
@@ -129,29 +97,6 @@ def dino_agreement(
         "taps": as_record(agreement),
         "failures": failures(agreement, precision),
     }
-
-
-def dino_source_of(manifest: Manifest, source: str | Path | None = None) -> LoadedDino:
-    """The weights a DINOv2 artifact was exported from (or `source`), checked by hash."""
-    if source is None and manifest.source.startswith(RANDOM_PREFIX):
-        seed = int(manifest.checkpoint_sha256.removeprefix(SEED_PREFIX))
-        return random_dino(manifest.arch, seed)
-    where = str(source or manifest.source)
-    if source is None:
-        find_recorded(where, "the DINOv2 weights", "pass them as the reference source")
-    loaded = load_dino(where, arch=manifest.arch if manifest.arch in DINO_ARCHS else None)
-    if loaded.checkpoint_sha256 != manifest.checkpoint_sha256:
-        raise CleanDiftError(
-            f"{loaded.source} is not the DINOv2 checkpoint the artifact was exported from "
-            f"(sha256 {loaded.checkpoint_sha256[:12]} vs {manifest.checkpoint_sha256[:12]}): "
-            "give the original weights"
-        )
-    return loaded
-
-
-def dino_reference_module(manifest: Manifest, source: str | Path | None = None) -> DinoFeatures:
-    """The fp32 PyTorch module that computes what a DINOv2 artifact claims to compute."""
-    return DinoFeatures(dino_source_of(manifest, source), manifest.build.get("layer")).eval()
 
 
 def export_dinov2(loaded: LoadedDino, out: Path, options: DinoExportOptions) -> Manifest:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .. import __version__
 from ..errors import CleanDiftError
-from ..manifest import InputInfo, Manifest
+from ..manifest import Manifest, package_versions
+from ..models.graph_module import ExportGraph, GraphSpec, build_export_graph, input_info
+from ..models.graph_options import ExportOptions
+from ..models.graph_shapes import ShapePlan, plan_shapes, sample_inputs
 from ..models.loading import LoadedUNet
 from .agreement import as_record, failures
 from .artifact_files import (
@@ -25,32 +26,10 @@ from .artifact_files import (
 from .calibration import calibrated_keep_list, read_images
 from .cleanup import fold_and_clean
 from .fp16 import to_mixed_fp16
-from .graph_module import IMAGE_INPUT, LATENT_INPUT, ExportGraph, GraphSpec, build_export_graph
 from .measure import agreement_batches, measure_agreement
-from .options import ExportOptions
-from .shapes import ShapePlan, plan_shapes, sample_inputs
 from .trace import trace_to_onnx
 
 log = logging.getLogger(__name__)
-_VERSIONED = ("torch", "onnx", "onnxruntime", "diffusers", "onnx-graphsurgeon")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the tools that shaped an export."""
-    found = {"cleandift-deploy": __version__}
-    for name in _VERSIONED:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def input_info(vae: bool) -> InputInfo:
-    """The graph input's contract: uint8 images scaled in the graph, or scaled VAE latents."""
-    if vae:
-        return InputInfo(IMAGE_INPUT, "uint8", "NCHW", (0.0, 255.0), "squash")
-    return InputInfo(LATENT_INPUT, "float32", "NCHW", (float("-inf"), float("inf")), "none")
 
 
 def _manifest(

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from ..models.dinov2 import DinoFeatures
+from ..models.graph_module import ExportGraph
+from ..models.graph_shapes import ShapePlan, sample_inputs
 from .agreement import TapAgreement, compare_outputs
 from .artifact_runners import Batches, run_onnx
-from .graph_module import ExportGraph
-from .shapes import ShapePlan, sample_inputs
 
 
 def agreement_batches(

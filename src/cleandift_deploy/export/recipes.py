@@ -1,4 +1,4 @@
-"""Named export recipes (`--recipe`) and the noise / FreeU options of `export`.
+"""Named export recipes (`--recipe`): the defaults `export` fills in for each method.
 
 A recipe fills the defaults of the methods this toolkit deploys; any option given explicitly
 wins. Values are read from the reference code (METHODS.md):
@@ -15,17 +15,12 @@ wins. Values are read from the reference code (METHODS.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
-
-import click
-from click.core import ParameterSource
+from typing import Any
 
 from ..errors import CleanDiftError
-from .options import ExportOptions
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ..models.graph_options import ExportOptions
 
 
 @dataclass(frozen=True)
@@ -49,47 +44,14 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def noise_options(command: F) -> F:
-    """The `--recipe`, noise and FreeU options of `export` (read by `with_recipe`)."""
-    options = [
-        click.option("--recipe", type=click.Choice(list(RECIPES)), help="Method defaults."),
-        click.option("--noise-timestep", type=int, help="Noisy features at this t (DIFT: 261)."),
-        click.option("--ensemble", type=int, help="Noise draws averaged in the graph [1]."),
-        click.option("--noise-seed", type=int, help="Seed of the fixed noise [0]."),
-        click.option(
-            "--latent",
-            type=click.Choice(["sample", "mean"]),
-            help="Posterior sample per copy or its mean [sample with noise].",
-        ),
-        click.option(
-            "--random-noise", is_flag=True, help="Fresh noise on every call (no agreement)."
-        ),
-        click.option("--freeu/--no-freeu", default=None, help="FreeU in up blocks 0 and 1."),
-        click.option(
-            "--freeu-factors",
-            nargs=4,
-            type=float,
-            metavar="B1 B2 S1 S2",
-            help="FreeU factors [GeoAware's 1.2 1.4 0.9 0.2].",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
-
-
-def with_recipe(options: ExportOptions, ctx: click.Context, **args: Any) -> ExportOptions:
-    """`options` with the recipe's defaults (where the option was not given) and the noise and
-    FreeU settings of `noise_options`' arguments."""
+def with_recipe(options: ExportOptions, given: Collection[str], **args: Any) -> ExportOptions:
+    """`options` with the recipe's defaults (where the option, named in `given` when the user
+    gave it, was not given) and the noise and FreeU settings of the CLI's noise arguments."""
     recipe = RECIPES[args["recipe"]] if args["recipe"] else None
     if recipe is not None:
-        if not _given(ctx, "taps"):
+        if "taps" not in given:
             options = replace(options, taps=recipe.taps)
-        if not _given(ctx, "image_size") and options.size_range is None:
+        if "image_size" not in given and options.size_range is None:
             options = replace(options, image_size=(recipe.image_size, recipe.image_size))
     noise = _noise(recipe, args)
     if noise is not None and noise.random:

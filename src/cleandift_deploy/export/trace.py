@@ -9,8 +9,8 @@ import onnx
 import torch
 
 from ..models.dinov2 import DinoFeatures
-from .graph_module import ExportGraph
-from .shapes import ShapePlan, dynamic_axes
+from ..models.graph_module import ExportGraph
+from ..models.graph_shapes import ShapePlan, dynamic_axes
 
 
 def trace_to_onnx(

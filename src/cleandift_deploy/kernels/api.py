@@ -33,8 +33,8 @@ from ._checks import (
 from .cpu_features import prefers_bf16_gemm
 from .dense_cpu import blocked_match_dense
 from .dense_prefilter import prefilter_match_dense
+from .oracles import reference_match_dense, reference_match_points
 from .query import match_query_points
-from .reference import reference_match_dense, reference_match_points
 from .types import MutualMatches, NearestNeighbours, PointMatches
 
 UPSAMPLE_MODES = ("bilinear", "none")

@@ -2,6 +2,10 @@
 
 The names are imported on first use, so a light submodule (`configs`, `taps`) can be read without
 importing torch and diffusers (the command line lists its commands that way).
+
+Also the exportable graph (`graph_module`, `graph_options`, `graph_shapes`, `dinov2_graph`)
+and `provenance` (reload the weights a manifest names, checked by hash).
+May import: kernels, manifest, atomic, values, errors.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CleanDiftError
+from ..manifest import random_checkpoint, random_source
 from .checkpoints import mismatch_message, read_safetensors, sha256_of
 from .shapes import check_multiple
 from .sources import LAYOUTS, resolve_source_files
@@ -35,8 +36,6 @@ DEFAULT_DINO_SIZE = 840
 """sd-dino / GeoAware input side: 840 px letterboxed -> a 60 x 60 grid."""
 POSITION_GRID = 518
 """The official checkpoints' position embeddings cover 518 px (37 x 37 patches)."""
-RANDOM_PREFIX = "random-init:"
-SEED_PREFIX = "random-init-seed"
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def random_dino(arch: str, seed: int = 0) -> LoadedDino:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_backbone(spec.config())
-    return LoadedDino(model.eval(), arch, f"{RANDOM_PREFIX}{arch}", f"{SEED_PREFIX}{seed}")
+    return LoadedDino(model.eval(), arch, random_source(arch), random_checkpoint(seed))
 
 
 def dino_arch_of_shapes(shapes: Mapping[str, Sequence[int]], arch: str | None = None) -> str:

@@ -17,7 +17,7 @@ from ..errors import CleanDiftError
 from .freeu import FreeU, FreeUStage
 from .resnet_branch import check_plain_resnet, resnet_with_branch
 from .shapes import check_channels, check_latent_size
-from .taps import TAP_SITES, deepest_tap, validate_taps
+from .taps import DEFAULT_TAP, TAP_SITES, deepest_tap, validate_taps
 
 DEFAULT_TIMESTEP = 261.0
 """CleanDIFT's initial (and, for `*_unet` checkpoints, assumed) timestep."""
@@ -132,7 +132,7 @@ class FeatureUNet(nn.Module):
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        taps: Sequence[str] = ("us6",),
+        taps: Sequence[str] = (DEFAULT_TAP,),
         timestep: float | None = DEFAULT_TIMESTEP,
         freeu: FreeU | None = None,
     ) -> None:

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..errors import CleanDiftError
+from ..manifest import random_checkpoint, random_source
 from .checkpoints import load_strict, read_folder_weights, read_safetensors, sha256_of, weight_files
 from .configs import ARCHS, get_arch
 from .feature_unet import DEFAULT_TIMESTEP
@@ -89,7 +90,7 @@ def random_unet(arch: str, seed: int = 0, device: str = "cpu") -> LoadedUNet:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = build_unet(spec.unet_config(), device)
-    return LoadedUNet(unet.eval(), spec.name, f"random-init:{spec.name}", f"random-init-seed{seed}")
+    return LoadedUNet(unet.eval(), spec.name, random_source(spec.name), random_checkpoint(seed))
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ and `bias` [256] and nothing else; it loads here as is (defaults: depth, us6, UD
 
 Segmentation: a linear 1x1 conv on a tap, optionally after BatchNorm (DINOv2's BNHead); logits are
 bilinearly upsampled to the label size. Every head is plain convolutions and element-wise ops, so
-the same module is traced into the exported graph (`ProbeGraph`, export/probe_graph.py).
+the same module is traced into the exported graph (`ProbeGraph`, models/probe_graph.py).
 
 Files: safetensors with the head's tensors under their module names and, as metadata, a JSON
 `probe` record (task, tap, channels, classes, bins, norm, what the features came from).

@@ -16,6 +16,8 @@ from ..errors import CleanDiftError
 from ..manifest import TapInfo
 
 LATENT_STRIDE = 8
+DEFAULT_TAP = "us6"
+"""The DIFT feature (up_blocks[1] after its upsampler): the tap used when none is asked."""
 """The VAE's downsampling factor: image pixels per latent cell."""
 
 

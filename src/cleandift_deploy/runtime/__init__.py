@@ -5,6 +5,8 @@
     features = extractor([pil_image, uint8_array])       # {"us6": [B, C, h, w] float32}
 
 The names are imported on first use, so importing a submodule (e.g. `ort_session`) stays light.
+
+May import: descriptors, models, kernels, manifest, atomic, values, errors; never export.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class BenchRequest:
 def _flops(source: Path | None, extractor: FeatureExtractor, case: BenchCase) -> int | None:
     if source is None:
         return None
-    from ..export.flops import count_flops
+    from .flops import count_flops
 
     shapes = {k: list(v.shape) for k, v in model_inputs(extractor.manifest, case).items()}
     return sum(count_flops(source, shapes).values())

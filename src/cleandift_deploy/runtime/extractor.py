@@ -19,10 +19,10 @@ from ..manifest import Manifest, sidecar_path
 from ..models import validate_taps
 from ..models.dinov2 import is_dinov2
 from ..models.loading import LoadedUNet, resolve_source
+from ..models.taps import DEFAULT_TAP
 from .backend import Backend
 from .preprocess import ImageInput, Placement, check_policy, prepare, to_model_input
-from .reference import ReferenceSpec, build_reference, check_same_checkpoint, source_of
-from .request import (
+from .request_checks import (
     check_latents,
     check_prompt,
     manifest_sha256,
@@ -32,6 +32,7 @@ from .request import (
 )
 from .selection import BACKENDS, artifact_kind, choose_backend, default_device
 from .torch_backend import TorchBackend
+from .torch_reference import ReferenceSpec, build_reference, check_same_checkpoint, source_of
 
 PROMPT_INPUT = "encoder_hidden_states"
 
@@ -128,7 +129,7 @@ class FeatureExtractor:
         arch: str | None = None,
         random_init: bool = False,
         seed: int = 0,
-        taps: Sequence[str] = ("us6",),
+        taps: Sequence[str] = (DEFAULT_TAP,),
         spec: ReferenceSpec | None = None,
         image_size: tuple[int, int] | None = None,
         resize: str = "squash",
@@ -243,7 +244,7 @@ def _open_backend(
         return TensorRTBackend(path, manifest, device, cuda_graphs=cuda_graphs)
     precision = "bf16" if name == "torch-bf16" else "fp32"
     if is_dinov2(manifest.arch):
-        from ..export.dinov2_export import dino_reference_module
+        from ..models.provenance import dino_reference_module
 
         dino = dino_reference_module(manifest, None if isinstance(source, LoadedUNet) else source)
         return TorchBackend(dino, dino.input_names, dino.taps, device, precision)

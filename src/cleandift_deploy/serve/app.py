@@ -30,7 +30,7 @@ from ..manifest import Manifest, sidecar_path
 from ..runtime.extract_files import feature_file_bytes, feature_metadata
 from ..runtime.extractor import FeatureExtractor
 from ..runtime.preprocess import Placement
-from ..runtime.request import manifest_sha256, select_taps
+from ..runtime.request_checks import manifest_sha256, select_taps
 from ..runtime.selection import artifact_kind
 from .inputs import (
     ClientError,

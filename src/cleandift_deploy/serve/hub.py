@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import CleanDiftError
-from ..runtime.request import select_taps
+from ..runtime.request_checks import select_taps
 from .app import FeatureService, Item, ItemResult, ServeConfig
 from .batcher import Batcher
 from .cache import ByteLRU, content_id, is_content_id

@@ -22,7 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import CleanDiftError
 from ..manifest import Manifest
 from ..runtime.images import pil_to_rgb
-from ..runtime.request import resolve_image_size, select_taps
+from ..runtime.request_checks import resolve_image_size, select_taps
+from ..values import parse_size as parse_image_size
+from ..values import split_list
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 """Content types `/features` accepts: any `image/*`, or raw bytes."""
@@ -101,7 +103,7 @@ def parse_taps(value: str | None, manifest: Manifest) -> tuple[str, ...] | None:
     """`?taps=us3,us6` -> the taps (None: all the server extracts); unknown taps are a 400."""
     if value is None:
         return None
-    wanted = tuple(t.strip() for t in value.split(",") if t.strip())
+    wanted = split_list(value)
     try:
         return select_taps(manifest, wanted or None)
     except CleanDiftError as err:
@@ -112,10 +114,10 @@ def parse_size(value: str | None, manifest: Manifest) -> tuple[int, int] | None:
     """`?size=HxW` -> the model input size (None: the server's); outside the profile is a 422."""
     if value is None:
         return None
-    parts = value.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ClientError(400, f"size {value!r} is not HxW, e.g. size=512x768")
-    size = (int(parts[0]), int(parts[1]))
+    try:
+        size = parse_image_size(value)
+    except CleanDiftError:
+        raise ClientError(400, f"size {value!r} is not HxW, e.g. size=512x768") from None
     try:
         return resolve_image_size(manifest, size)
     except CleanDiftError as err:

@@ -29,7 +29,7 @@ from ..runtime.extract_files import (
     progress_bar,
 )
 from ..runtime.preprocess import check_policy
-from ..runtime.request import resolve_batch_size, resolve_image_size, select_taps
+from ..runtime.request_checks import resolve_batch_size, resolve_image_size, select_taps
 from ..runtime.selection import ARTIFACT_KINDS, artifact_kind
 from .ray_session import local_cpus, ray_session
 
@@ -79,7 +79,7 @@ class BatchWriter:
     def __init__(
         self, spec: ModelSpec, pca: bool, batch_size: int, cwd: str, threads: int | None
     ) -> None:
-        from ..runtime.commands import open_model
+        from ..runtime.opening import open_model
 
         os.chdir(cwd)  # paths are given as on the driver's command line
         self.extractor = open_model(

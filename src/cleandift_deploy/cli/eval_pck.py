@@ -1,0 +1,76 @@
+"""The body of `eval pck`: read pairs, build the method, evaluate, write the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ..eval.cache import FeatureCache
+from ..eval.datasets import load_pairs
+from ..eval.pck import DEFAULT_CONVENTION
+from ..eval.protocol import MethodOptions
+from ..eval.report import draw_extremes, results_document, write_report
+from ..eval.scoring import evaluate
+from ..methods.registry import build_method
+from .eval import parse_alphas, parse_filters, parse_pairs
+
+
+def run_pck(
+    *,
+    data: Path,
+    dataset: str,
+    method: str | None,
+    model: Path | None,
+    dino: Path | None,
+    backend: str,
+    tap: str | None,
+    mode: str,
+    descriptor: str | None,
+    source: Path | None,
+    arch: str | None,
+    random_init: bool,
+    checkpoint: Path | None,
+    settings: tuple[str, ...],
+    alpha: str,
+    convention: str | None,
+    split: str,
+    categories: str | None,
+    limit: int | None,
+    filters: tuple[str, ...],
+    cache: Path | None,
+    seed: int,
+    pictures: bool,
+    out: Path,
+) -> None:
+    """Evaluate one method on one dataset split and write everything to `out`."""
+    alphas = parse_alphas(alpha)
+    chosen = [c.strip() for c in categories.split(",")] if categories else None
+    samples = load_pairs(data, dataset, split, chosen, limit, parse_filters(filters))
+    options = MethodOptions(
+        model=model, dino=dino, backend=backend, tap=tap, mode=mode, descriptor=descriptor,
+        source=source, arch=arch, random_init=random_init, checkpoint=checkpoint,
+        settings=parse_pairs(settings, "--set"), cache=cache or out / "cache", seed=seed,
+    )  # fmt: skip
+    name = method or ("descriptor" if descriptor else "features")
+    started = time.perf_counter()
+    matcher = build_method(name, options)
+    convention = convention or DEFAULT_CONVENTION[dataset]
+    evaluation = evaluate(matcher, samples, alphas, convention)
+    header = {"dataset": dataset, "split": split, "convention": convention, "method": name}
+    document = results_document(evaluation, header, matcher.describe(), alphas)
+    document["seconds"] = round(time.perf_counter() - started, 3)
+    feature_cache = getattr(matcher, "cache", None)
+    if isinstance(feature_cache, FeatureCache):
+        document["cache"] = {"extractions": feature_cache.extractions, "hits": feature_cache.hits}
+    write_report(out, document, evaluation, alphas)
+    if pictures:
+        draw_extremes(out, evaluation)
+    key = "0.1" if "0.1" in evaluation.pck else next(iter(evaluation.pck))
+    top = evaluation.pck[key]
+    click.echo(
+        f"{dataset} {split}: {len(samples)} pairs, PCK@{key} ({convention}) "
+        f"{100 * top['per_image']:.2f} per image, {100 * top['per_point']:.2f} per point; "
+        f"wrote {out / 'results.json'}"
+    )

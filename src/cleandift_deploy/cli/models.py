@@ -1,0 +1,59 @@
+"""CLI verbs about models: `info`, and the SOURCE options every model-reading verb shares."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..models.configs import default_image_size
+from ..models.shapes import check_image_size
+from ..models.taps import tap_specs
+from .options import model_source_options
+
+
+@click.command()
+@model_source_options
+@click.option(
+    "--image-size",
+    nargs=2,
+    type=int,
+    default=None,
+    metavar="H W",
+    help="Image size for the tap shapes (default: the architecture's).",
+)
+def info(
+    source: str | None,
+    arch: str | None,
+    random_init: bool,
+    seed: int,
+    image_size: tuple[int, int] | None,
+) -> None:
+    """Architecture, parameter count and taps (channels, stride, shape) of a model."""
+    from ..models.loading import resolve_source
+
+    loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed, device="meta")
+    config = loaded.unet.config
+    default = default_image_size(loaded.arch)
+    height, width = image_size or (default, default)
+    check_image_size(height, width)
+    params = sum(p.numel() for p in loaded.unet.parameters())
+    console = Console()
+    console.print(f"source        {loaded.source}")
+    console.print(f"architecture  {loaded.arch}")
+    console.print(f"UNet params   {params / 1e6:.1f}M ({params:,})")
+    console.print(f"cross-attn    {config.cross_attention_dim}")
+    console.print(
+        f"timestep      {loaded.timestep:g}"
+        + (" (learned)" if loaded.learned_timestep is not None else "")
+    )
+    table = Table(title=f"taps at {height}x{width} px")
+    for column in ("tap", "channels", "stride", "shape (C,h,w)"):
+        table.add_column(column)
+    for name, spec in tap_specs(config).items():
+        shape = f"{spec.channels}x{height // spec.stride}x{width // spec.stride}"
+        table.add_row(name, str(spec.channels), str(spec.stride), shape)
+    console.print(table)
+
+
+COMMANDS: list[click.Command] = [info]

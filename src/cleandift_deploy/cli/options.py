@@ -1,0 +1,122 @@
+"""The options and parsers every verb shares: ONE parser per concept.
+
+Image sizes (`HxW` or one number), tap lists (comma-separated and/or repeated), batch ranges and
+batch lists, the model SOURCE options, and the noise / FreeU options of `export`. The text parsing
+itself lives in `cleandift_deploy.values` (the HTTP server parses the same values); this module
+turns it into click options and click errors. Import nothing heavy here: every verb imports it
+to list its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from ..errors import CleanDiftError
+from ..models.configs import ARCHS
+from ..values import parse_batch_range, parse_positive_ints, split_list
+from ..values import parse_size as _parse_size
+from .lazy_choice import LazyChoice
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`HxW` (or one number for a square) as (H, W)."""
+    return _parse_size(text)
+
+
+def parse_size_range(
+    texts: tuple[str, str] | None,
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """`--size-range HMINxWMIN HMAXxWMAX` as two (H, W) pairs, or None when not given."""
+    return None if texts is None else (parse_size(texts[0]), parse_size(texts[1]))
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """`--batch MIN:OPT:MAX` (or one number for a static batch) as three ints."""
+    return parse_batch_range(text)
+
+
+def parse_batch_sizes(value: str | None) -> tuple[int, ...]:
+    """Comma-separated positive batch sizes (`1,2,4,8`); () when not given."""
+    if not value:
+        return ()
+    try:
+        return parse_positive_ints(value)
+    except CleanDiftError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def split_taps(values: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """Taps as typed: `us3,us6`, a repeated `--taps`, or both; None when none were given."""
+    if values is None:
+        return None
+    taps = split_list(values)
+    return taps or None
+
+
+def given_options(ctx: click.Context) -> set[str]:
+    """The parameters of the running command that the user typed (not defaults)."""
+    return {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+    }
+
+
+def model_source_options(func: F) -> F:
+    """SOURCE plus `--arch` and `--random-init`, shared by every verb that reads a model."""
+    decorators = [
+        click.argument("source", required=False),
+        click.option(
+            "--arch",
+            type=click.Choice(list(ARCHS)),
+            help="Architecture of a bare checkpoint, or of --random-init.",
+        ),
+        click.option(
+            "--random-init", is_flag=True, help="Random weights for --arch (size and speed work)."
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed for --random-init."
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def noise_options(command: F) -> F:
+    """The `--recipe`, noise and FreeU options of `export` (read by `recipes.with_recipe`)."""
+    options = [
+        click.option(
+            "--recipe",
+            type=LazyChoice("cleandift_deploy.export.recipes:RECIPES"),
+            help="Method defaults.",
+        ),
+        click.option("--noise-timestep", type=int, help="Noisy features at this t (DIFT: 261)."),
+        click.option("--ensemble", type=int, help="Noise draws averaged in the graph [1]."),
+        click.option("--noise-seed", type=int, help="Seed of the fixed noise [0]."),
+        click.option(
+            "--latent",
+            type=click.Choice(["sample", "mean"]),
+            help="Posterior sample per copy or its mean [sample with noise].",
+        ),
+        click.option(
+            "--random-noise", is_flag=True, help="Fresh noise on every call (no agreement)."
+        ),
+        click.option("--freeu/--no-freeu", default=None, help="FreeU in up blocks 0 and 1."),
+        click.option(
+            "--freeu-factors",
+            nargs=4,
+            type=float,
+            metavar="B1 B2 S1 S2",
+            help="FreeU factors [GeoAware's 1.2 1.4 0.9 0.2].",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
