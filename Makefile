@@ -43,6 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src/cleandift_deploy
+	$(BIN)/lint-imports --no-cache
 
 # Benchmarks (benchmarks/suite.py): the machine is measured once (description, GEMM and memory
 # ceilings), results go to benchmarks/results/<machine-id>/, then the index and docs/performance/

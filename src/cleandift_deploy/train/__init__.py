@@ -1,1 +1,5 @@
-"""train."""
+"""Training: CleanDIFT distillation (data, noising, heads, loop, resumable state) and turning a
+trained student into a deployable checkpoint.
+
+May import: export, runtime, descriptors, models, kernels, manifest, atomic, values, errors.
+"""
