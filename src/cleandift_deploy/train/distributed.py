@@ -289,7 +289,8 @@ def freeze_except(module: nn.Module, trainable: Sequence[nn.Parameter]) -> list[
 
 def wrap(module: nn.Module, world: World) -> nn.Module:
     """`module` under DDP (gradients averaged over ranks) when distributed, else unchanged. DDP
-    broadcasts rank 0's parameters at construction, so every rank starts from the same weights."""
+    broadcasts rank 0's parameters at construction, so every rank starts from the same weights;
+    gradients are views into its all-reduce buckets (no extra gradient-sized copy)."""
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -298,7 +299,8 @@ def wrap(module: nn.Module, world: World) -> nn.Module:
     # buffers are synced once at construction; constant afterwards, so not on every forward
     parameters = inspect.signature(DistributedDataParallel).parameters
     option = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
-    options: dict[str, Any] = {option: False}
+    # gradients live in DDP's buckets instead of beside them: no second gradient-sized copy
+    options: dict[str, Any] = {option: False, "gradient_as_bucket_view": True}
     return DistributedDataParallel(module, device_ids=device_ids, **options)
 
 
