@@ -236,3 +236,18 @@ def test_hf_hub_cache_wins_over_hf_home(
         resolve_source_files(DINO)
     shutil.copytree(hub / "hub", tmp_path / "elsewhere")
     assert resolve_source_files(DINO).cache_dir == tmp_path / "elsewhere"
+
+
+def test_info_says_what_a_repo_id_resolved_to(capsys: pytest.CaptureFixture[str]) -> None:
+    resolved = resolve_source_files(f"{CLEANDIFT}@v2")
+    assert run_cli(["info", f"{CLEANDIFT}@v2", "--image-size", "64", "64"]) == 0
+    out = capsys.readouterr().out
+    assert f"hub repo      {CLEANDIFT} @ {SECOND} (v2)" in out
+    assert f"sha256        {resolved.sha256}" in out
+    assert "layout        cleandift-full" in out and f"weights       {FULL}" in out
+    assert "architecture  tiny (unet)" in out and "timestep      200 (learned)" in out
+    assert run_cli(["info", DINO]) == 0
+    out = capsys.readouterr().out
+    assert "layout        transformers-dinov2" in out and "architecture  dinov2_tiny" in out
+    assert "tap           dino: 32 channels, stride 14, 32x6x6 at 84x84 px" in out
+    assert "UNet params" not in out  # nothing was loaded

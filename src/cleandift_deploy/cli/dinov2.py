@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from .options import source_argument
+
 console = Console(stderr=True)
 DINO_ARCH_NAMES = (
     "dinov2_vits14",
@@ -29,7 +31,7 @@ DINO_ARCH_NAMES = (
 
 
 @click.command("export-dinov2")
-@click.argument("source", required=False)
+@source_argument
 @click.option("--arch", type=click.Choice(DINO_ARCH_NAMES), help="Size of bare weights / random.")
 @click.option("--random-init", is_flag=True, help="Random weights for --arch (tests, speed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")

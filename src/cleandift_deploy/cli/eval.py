@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDiftError
+from .options import source_option
 
 DATASET_CHOICES = ("spair", "pfpascal", "pfwillow")
 ALPHAS = "0.01,0.05,0.1,0.15"
@@ -60,7 +61,7 @@ def eval_group() -> None:
     "--mode", type=click.Choice(("nn", "window-softargmax")), default="nn", show_default=True
 )
 @click.option("--descriptor", default=None, help="Descriptor preset (implies --method descriptor).")
-@click.option("--source", type=click.Path(path_type=Path), help="Model source for PyTorch.")
+@source_option("--source", help="Model source for PyTorch")
 @click.option("--arch", default=None, help="Architecture for --source / --random-init.")
 @click.option("--random-init", is_flag=True, help="Random weights (with --arch).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Method checkpoint.")

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from .options import model_source_options
+from .options import model_source_options, source_option
 
 console = Console(stderr=True)
 VARIANT_NAMES = ("one-step", "multi-step")
@@ -153,7 +153,7 @@ def _cache_progress() -> Iterator[Callable[[int, int], None]]:
 
 @click.command("export-hyperfeatures")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--source", help="The UNet it was trained on (default: the one its file names).")
+@source_option("--source", help="The UNet it was trained on (default: the one its file names)")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 @click.option("--image-size", nargs=2, type=int, metavar="H W", help="Optimisation size (px).")
 @click.option("--batch", default="1", show_default=True, help="MIN:OPT:MAX batch range.")

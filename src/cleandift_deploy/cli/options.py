@@ -68,10 +68,41 @@ def given_options(ctx: click.Context) -> set[str]:
     }
 
 
+SOURCE_HELP = (
+    "a model folder, a .safetensors file, or a Hugging Face repo id ORG/NAME[:FILE][@REVISION] "
+    "read offline from the local cache"
+)
+"""What every SOURCE accepts (`models.sources`; docs/model-sources.md)."""
+
+
+def check_model_source(_ctx: click.Context, _param: click.Parameter, value: Any) -> str | None:
+    """Resolve a SOURCE when the command line is parsed (`models.sources`: configs and headers
+    only, no network), so a missing path, repo, revision or file fails in one line before any
+    heavy import. The loaders resolve the same text again."""
+    if value is None:
+        return None
+    from ..models.sources import resolve_source_files
+
+    resolve_source_files(str(value))
+    return str(value)
+
+
+def source_option(*names: str, help: str) -> Callable[[F], F]:
+    """An option taking a model SOURCE (`--source`, `--teacher`), checked like the argument."""
+    return click.option(
+        *names, callback=check_model_source, metavar="SOURCE", help=f"{help} ({SOURCE_HELP})."
+    )
+
+
+def source_argument(func: F) -> F:
+    """The optional SOURCE argument, checked when parsed (see `check_model_source`)."""
+    return click.argument("source", required=False, callback=check_model_source)(func)
+
+
 def model_source_options(func: F) -> F:
     """SOURCE plus `--arch` and `--random-init`, shared by every verb that reads a model."""
     decorators = [
-        click.argument("source", required=False),
+        source_argument,
         click.option(
             "--arch",
             type=click.Choice(list(ARCHS)),

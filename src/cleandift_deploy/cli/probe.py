@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from ..errors import CleanDiftError
+from .options import source_option
 
 if TYPE_CHECKING:
     from ..eval.dense_samples import DenseSample
@@ -33,7 +34,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--model", type=click.Path(path_type=Path), help="Artifact (.onnx/.engine)."),
         click.option("--backend", default="auto", show_default=True, help="Runtime backend."),
-        click.option("--source", type=click.Path(path_type=Path), help="Model source (PyTorch)."),
+        source_option("--source", help="Model source (PyTorch)"),
         click.option("--arch", default=None, help="Architecture for --source / --random-init."),
         click.option("--random-init", is_flag=True, help="Random weights (with --arch)."),
         click.option("--seed", type=int, default=0, show_default=True, help="--random-init seed."),
@@ -61,7 +62,7 @@ def open_features(taps: tuple[str, ...] | None, options: dict[str, Any]) -> Feat
             resize="squash",
         )  # fmt: skip
     if options["source"] is None and not options["random_init"]:
-        raise CleanDiftError("give --model ARTIFACT, or --source PATH / --arch A --random-init")
+        raise CleanDiftError("give --model ARTIFACT, or --source SOURCE / --arch A --random-init")
     prompt = PROBE_PROMPT if options["prompt"] is None else options["prompt"]
     return FeatureExtractor.from_source(
         options["source"],

@@ -11,7 +11,7 @@ from rich.console import Console
 from ..models.configs import ARCHS
 from ..models.taps import TAP_NAMES
 from .lazy_choice import LazyChoice
-from .options import split_taps
+from .options import source_option, split_taps
 
 if TYPE_CHECKING:
     from ..train.loop import Trainer, TrainResult
@@ -52,7 +52,7 @@ def rank_args(ctx: click.Context) -> list[str]:
 
 
 @click.command()
-@click.option("--teacher", "teacher_source", help="Teacher UNet: diffusers folder or safetensors.")
+@source_option("--teacher", "teacher_source", help="Teacher UNet")
 @click.option("--arch", type=click.Choice(list(ARCHS)), help="Architecture (for --random-init).")
 @click.option("--random-init", is_flag=True, help="Random teacher (and VAE) of --arch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and run.")
