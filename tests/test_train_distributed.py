@@ -12,11 +12,13 @@ within 1e-5 relative, and the same check must fail for a run that saw another gl
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -29,6 +31,7 @@ from cleandift_deploy.eval.photoset import make_synthetic
 from cleandift_deploy.methods.hyperfeatures.aggregation import AggregationNetwork
 from cleandift_deploy.methods.hyperfeatures.checkpoint import load_aggregator
 from cleandift_deploy.models import load_unet, random_unet
+from cleandift_deploy.models.probe_heads import ProbeInfo, load_probe
 from cleandift_deploy.train.data import SampleOrder
 from cleandift_deploy.train.distill import Distiller
 from cleandift_deploy.train.distributed import (
@@ -38,11 +41,13 @@ from cleandift_deploy.train.distributed import (
     nearest_valid,
     rank_positions,
     sample_generator,
+    session,
     split_batch,
 )
 from cleandift_deploy.train.job import DistillJob, run_job
 from cleandift_deploy.train.loop import TrainSettings
 from cleandift_deploy.train.noising import noise_scheduler
+from cleandift_deploy.train.probes import ProbeTrainSettings, train_probe
 from cleandift_deploy.train.state import STATE_NAME, read_state
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -262,3 +267,65 @@ def test_hyperfeature_aggregator_two_ranks_equal_one_rank(tmp_path: Path) -> Non
 
     assert update_difference(two, one) <= UPDATE_TOLERANCE
     assert update_difference(other, one) > 10 * UPDATE_TOLERANCE
+
+
+class _ProbeItems:
+    """9 random items (batches of 4: the last one holds 1, so one of two ranks gets none) with a
+    depth map and a label map each."""
+
+    def __init__(self, task: str) -> None:
+        generator = torch.Generator().manual_seed(5)
+        self.task = task
+        self.items = torch.randn(9, 8, 4, 4, generator=generator)
+        self.depth = torch.rand(9, 1, 4, 4, generator=generator) * 5 + 0.5
+        self.labels = torch.randint(0, 3, (9, 8, 8), generator=generator)
+        self.labels[0, :2] = 255
+
+    def __len__(self) -> int:
+        return 9
+
+    def features(self, index: int) -> torch.Tensor:
+        return self.items[index]
+
+    def target(self, index: int) -> torch.Tensor:
+        return self.depth[index] if self.task == "depth" else self.labels[index]
+
+
+PROBES = {
+    "depth": ProbeInfo(channels=8, classes=16, min_depth=0.5, max_depth=6.0),
+    "segmentation": ProbeInfo(task="segmentation", channels=8, head="linear", classes=3),
+}
+
+
+def _train_probes(out: Path, world: World) -> None:
+    settings = ProbeTrainSettings(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0.5)
+    for task, info in PROBES.items():
+        train_probe(info, _ProbeItems(task), settings, out / task, world=world)
+
+
+def _probe_rank(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    with session("cpu") as world:
+        _train_probes(Path(out), world)
+
+
+def test_probes_two_ranks_equal_one_rank(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_probe_rank, args=(port, str(tmp_path / "two")), nprocs=2, join=True)
+    _train_probes(tmp_path / "one", World())
+    for task in PROBES:
+        one = json.loads((tmp_path / "one" / task / "history.json").read_text())["per_step"]
+        two = json.loads((tmp_path / "two" / task / "history.json").read_text())["per_step"]
+        assert len(one) == len(two) == 6
+        assert np.allclose(two, one, rtol=1e-5, atol=1e-6), (task, one, two)
+        a = load_probe(tmp_path / "one" / task / "probe.safetensors").probe.state_dict()
+        b = load_probe(tmp_path / "two" / task / "probe.safetensors").probe.state_dict()
+        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), task

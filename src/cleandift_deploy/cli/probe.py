@@ -141,6 +141,7 @@ def train_command(**args: Any) -> None:
     """Train a probe on cached features of one tap (probe3d's protocol by default)."""
     from ..eval.cache import FeatureCache
     from ..eval.probes import CachedFeatures, probe_record, train_on_cache
+    from ..train.distributed import session
     from ..train.probes import ProbeTrainSettings
     from ..train.progress import training_progress
 
@@ -164,11 +165,19 @@ def train_command(**args: Any) -> None:
         warmup_epochs=args["warmup_epochs"],
     )
     steps = settings.epochs * -(-len(samples) * (2 if args["flips"] else 1) // settings.batch_size)
-    with bar("caching features") as on_cache, training_progress(0, steps, console) as on_step:
-        result = train_on_cache(
-            source, samples, info, settings, args["out"], flips=args["flips"],
-            resume=args["resume"], on_cache=on_cache, on_step=on_step,
-        )  # fmt: skip
+    # under torchrun every rank trains its share of each batch (the head on the CPU, gloo)
+    with session("cpu") as world:
+        if not world.main:
+            train_on_cache(
+                source, samples, info, settings, args["out"], flips=args["flips"],
+                resume=args["resume"], world=world,
+            )  # fmt: skip
+            return
+        with bar("caching features") as on_cache, training_progress(0, steps, console) as on_step:
+            result = train_on_cache(
+                source, samples, info, settings, args["out"], flips=args["flips"],
+                resume=args["resume"], on_cache=on_cache, on_step=on_step, world=world,
+            )  # fmt: skip
     console.print(
         f"wrote {result.files['probe']} ({task}, {head}, tap {args['tap']}); "
         f"{source.cache.extractions} extractions; loss {result.history[0]:.4f} -> "

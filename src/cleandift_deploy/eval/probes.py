@@ -41,6 +41,7 @@ from ..runtime.prediction_maps import (
     write_palette_png,
 )
 from ..runtime.preprocess import Placement
+from ..train.distributed import World
 from .cache import FeatureCache
 from .dense_samples import DenseSample
 from .depth_metrics import image_depth_metrics, mean_depth_metrics
@@ -376,8 +377,10 @@ def train_on_cache(
     resume: bool = False,
     on_cache: Progress | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    world: World | None = None,
 ) -> Any:
-    """Fill the cache (one extraction per image and orientation), then train the head on it."""
+    """Fill the cache (one extraction per image and orientation), then train the head on it
+    (as this rank of `world` under torchrun: `train.distributed`)."""
     from ..train.probes import train_probe
 
     check_squash(source.extractor)
@@ -388,4 +391,4 @@ def train_on_cache(
         "targets": data.target_statistics(),
         "extractions": source.cache.extractions,
     }
-    return train_probe(info, data, settings, out, resume, on_step)
+    return train_probe(info, data, settings, out, resume, on_step, world)

@@ -360,3 +360,37 @@ def on_main(world: World, write: Callable[[], T]) -> T | None:
             raise error
         raise RankFailed("rank 0 could not write the checkpoint; see its error")
     return result
+
+
+def even_slice(items: Sequence[T], world: World) -> list[T]:
+    """This rank's contiguous share of `items`, sizes differing by at most one (a short last
+    batch of an epoch; a rank may get none). Pair with `global_sum` for exact global losses."""
+    base, extra = divmod(len(items), world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return list(items[start : start + base + (world.rank < extra)])
+
+
+def global_sum(local: torch.Tensor, world: World) -> torch.Tensor:
+    """The sum of `local` over ranks, differentiable in this rank's own term only (the others
+    enter as constants). Build a loss from such sums (e.g. a mean over all valid pixels of the
+    global batch, or a variance), backpropagate, then `sum_gradients`: the result is the exact
+    gradient of the global loss, however the batch was split."""
+    if not world.distributed:
+        return local
+    total = mean_over_ranks(local.detach(), world) * world.size
+    return local + (total.to(local) - local.detach())
+
+
+def sum_gradients(parameters: Sequence[nn.Parameter], world: World) -> None:
+    """Add up the gradients of `parameters` over ranks in one all-reduce (a rank that had no
+    samples contributes zeros). For losses built with `global_sum`; DDP is the tool otherwise."""
+    if not world.distributed:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(world.device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for parameter in parameters:
+        count = parameter.numel()
+        parameter.grad = flat[offset : offset + count].view_as(parameter).to(parameter).clone()
+        offset += count

@@ -11,6 +11,13 @@ Depth: SigLoss on the probe's grid against the ground truth bilinearly resized t
 ignoring 255. Outputs in `out/`: `probe.safetensors` (the head and its record),
 `state.safetensors` (resumable: head, AdamW state, loss history, settings), `loss.png` and
 `history.json`; the state is written at the end of every epoch, atomically.
+
+Under torchrun (`world` from `train.distributed`) `batch_size` is the global batch; each rank
+takes a contiguous share of every batch (the short last batch of an epoch too) and the loss is
+built from sums over all ranks (`global_sum`: SigLoss from the moments of g over every valid
+pixel of the global batch, cross-entropy from its sum and count), so the gradients, summed over
+ranks, are those of the one-process loss. Only rank 0 writes. A BatchNorm head (`bn-linear`)
+would normalise with per-rank statistics and is refused under several processes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
@@ -30,13 +38,18 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import CleanDiftError
 from ..models.checkpoints import read_aligned
 from ..models.probe_heads import (
+    IGNORE_INDEX,
+    SIGLOSS_EPS,
+    SIGLOSS_LAMBDA,
     Probe,
     ProbeInfo,
     build_probe,
     save_probe,
     segmentation_loss,
     sig_loss,
+    upsample,
 )
+from .distributed import World, even_slice, global_sum, on_main, sum_gradients
 from .plot import plot_losses
 from .state import optimizer_state_tensors, restore_optimizer_state
 
@@ -119,6 +132,42 @@ def probe_loss(
     return segmentation_loss(prediction, targets)
 
 
+def global_probe_loss(
+    probe: Probe,
+    info: ProbeInfo,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    world: World,
+    warm_up: bool = False,
+) -> torch.Tensor:
+    """`probe_loss` of the global batch when this rank holds only `features` (possibly none):
+    the same value on every rank, differentiable in this rank's samples."""
+    if features.shape[0] == 0:
+        sums = torch.zeros(3)
+    elif info.task == "depth":
+        prediction = probe(features)
+        valid = targets > 0
+        g = torch.log(prediction[valid] + SIGLOSS_EPS) - torch.log(targets[valid] + SIGLOSS_EPS)
+        count = torch.tensor(float(g.numel()))
+        sums = torch.stack([g.sum(), (g * g).sum(), count])
+    else:
+        up = upsample(probe(features), (targets.shape[-2], targets.shape[-1]))
+        labels = targets.long()
+        total = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        count = (labels != IGNORE_INDEX).sum().float()
+        sums = torch.stack([total, total.detach() * 0, count])
+    first, second, count = global_sum(sums, world).unbind()
+    if float(count) < (2 if info.task == "depth" else 1):
+        raise CleanDiftError("a training batch has no valid targets (all ignored or <= 0)")
+    if info.task != "depth":
+        return first / count
+    mean = first / count
+    if warm_up:
+        return torch.sqrt(SIGLOSS_LAMBDA * mean**2)
+    variance = (second - first * mean) / (count - 1)  # unbiased, as torch.var in sig_loss
+    return torch.sqrt(variance + SIGLOSS_LAMBDA * mean**2)
+
+
 def _stack(data: ProbeData, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     features = torch.stack([data.features(i) for i in indices]).float()
     targets = torch.stack([data.target(i) for i in indices])
@@ -182,9 +231,17 @@ def train_probe(
     out: Path,
     resume: bool = False,
     on_step: StepCallback | None = None,
+    world: World | None = None,
 ) -> ProbeTrainResult:
-    """Train (or resume) a probe on `data` and write the outputs under `out`."""
+    """Train (or resume) a probe on `data` and write the outputs under `out` (as this rank of
+    `world`: its share of every batch, rank 0 writes)."""
     settings.check()
+    world = world or World()
+    if world.distributed and info.head == "bn-linear":
+        raise CleanDiftError(
+            "the bn-linear head normalises with batch statistics, which would depend on the "
+            "process count: train it in one process, or use --head linear"
+        )
     if len(data) == 0:
         raise CleanDiftError("no training images")
     out = Path(out)
@@ -216,17 +273,26 @@ def train_probe(
             step = len(history)
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * lr_factor(step, total, warmup, settings.min_factor)
-            features, targets = _stack(data, indices)
             warm = step < settings.sigloss_warmup_steps
-            loss = probe_loss(probe, info, features, targets, warm)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.distributed:
+                share = even_slice(indices, world)
+                empty = (torch.empty(0), torch.empty(0))
+                features, targets = _stack(data, share) if share else empty
+                loss = global_probe_loss(probe, info, features, targets, world, warm)
+                if loss.requires_grad:
+                    loss.backward()
+                sum_gradients(list(probe.parameters()), world)
+            else:
+                features, targets = _stack(data, indices)
+                loss = probe_loss(probe, info, features, targets, warm)
+                loss.backward()
             optimizer.step()
             history.append(float(loss.detach()))
             if on_step is not None:
                 on_step(step + 1, {info.task: history[-1]})
-        save_state(files["state"], probe, optimizer, history, record)
-    _write_outputs(files, probe, history, info, per_epoch)
+        on_main(world, lambda: save_state(files["state"], probe, optimizer, history, record))
+    on_main(world, lambda: _write_outputs(files, probe, history, info, per_epoch))
     probe.eval()
     final = replace(info, training={**info.training, "steps": len(history)})
     return ProbeTrainResult(probe, final, history, files)
