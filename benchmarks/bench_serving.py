@@ -18,7 +18,7 @@ and scaling of `extract --ray`, in one run.
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/bench_serving.py --workdir /tmp/bench
 
-Writes benchmarks/results/<machine-id>/serving.{json,md,png}.
+Writes benchmarks/results/<machine-id>/serving[-quick].{json,md,png} through the harness.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import torch
-from harness.results import machine_folder
+from harness.run import Benchmark
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
@@ -57,7 +57,6 @@ from cleandift_deploy.serve.inputs import Limits, decode_image
 from cleandift_deploy.serve.ray_extract import ModelSpec, RayOptions, ray_extract_files
 from cleandift_deploy.serve.ray_session import ray_session
 
-RESULTS = machine_folder()  # benchmarks/results/<machine-id>/
 NAME = "serving"
 CLI = Path(sys.executable).parent / "cleandift-deploy"
 READY_TIMEOUT_S = 300.0
@@ -381,115 +380,134 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
+CARRIER_NAMES = {
+    "local": "local server (uvicorn, no Ray)",
+    "ray": "Ray Serve (one replica, local Ray)",
+}
 
 
-def _carrier_lines(results: dict[str, Any], carrier: str) -> list[str]:
-    mb1, mb8 = results[carrier]["max_batch_1"]["levels"], results[carrier]["max_batch_8"]["levels"]
-    t, fault, direct = results["targets"][carrier], results[carrier]["fault"], results["direct"]
-    name = {"local": "local server (uvicorn, no Ray)", "ray": "Ray Serve (one replica, local Ray)"}
-    lines = [
-        f"## {name[carrier]}",
-        "",
-        "| concurrency | max-batch 1 p50 ms | p99 ms | images/s | max-batch 8 p50 ms | p99 ms "
-        "| images/s | mean batch |",
-        "|---|---|---|---|---|---|---|---|",
+def _level_cells(level: dict[str, Any]) -> list[Any]:
+    return [level["p50_ms"], level["p99_ms"], level["images_per_s"], level["mean_batch"]]
+
+
+def _carrier_report(bench: Benchmark, results: dict[str, Any], carrier: str) -> None:
+    runs = results[carrier]
+    mb1, mb8 = runs["max_batch_1"]["levels"], runs["max_batch_8"]["levels"]
+    t, fault, direct = results["targets"][carrier], runs["fault"], results["direct"]
+    name = CARRIER_NAMES[carrier]
+    rows = [
+        [int(level), a["p50_ms"], a["p99_ms"], a["images_per_s"], *_level_cells(mb8[level])]
+        for level, a in mb1.items()
     ]
-    for level in mb1:
-        a, b = mb1[level], mb8[level]
-        lines.append(
-            f"| {level} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | {a['images_per_s']:.1f} | "
-            f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['images_per_s']:.1f} | "
-            f"{b['mean_batch']:.2f} |"
-        )
+    headers = ["concurrency", "max-batch 1 p50 ms", "p99 ms", "images/s"]
+    headers += ["max-batch 8 p50 ms", "p99 ms", "images/s", "mean batch"]
+    bench.table(f"{name}: POST /features", headers, rows)
     ratio = t["batching_ratio_c8"]
-    lines += [
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-        f"| /features overhead at concurrency 1 <= {t['overhead_rule']} | p50 "
-        f"{mb1['1']['p50_ms']:.1f} ms vs direct extract {direct['extract_p50_ms']:.1f} ms "
-        f"(decode + extract {direct['decode_extract_p50_ms']:.1f} ms): +{t['overhead_ms']:.1f} ms,"
-        f" allowed {t['overhead_allowed_ms']:.1f} ms | {_yes(t['overhead_met'])} |",
-        "| images/s at concurrency 8, max-batch 8 >= 1.5x max-batch 1 | "
-        + (f"{ratio:.2f}x" if ratio is not None else "not measured")
-        + f" | {_yes(t['batching_met'])} |",
-        f"| zero failed good requests in the fault run | {fault['good_failed']} failed of "
-        f"{fault['requests'] - fault['bad_requests']} good; {fault['bad_requests']} bad answered "
-        f"{fault['bad_request_statuses']}; good vs direct max abs "
-        f"{fault['good_max_abs_vs_direct']:.2e}, "
-        f"min cosine {fault['good_min_cosine_vs_direct']:.7f}"
-        f" | {_yes(t['fault_zero_failed_good'])} |",
-        "",
-        f"Server start to ready: {results[carrier]['max_batch_1']['ready_s']:.1f} s / "
-        f"{results[carrier]['max_batch_8']['ready_s']:.1f} s (max-batch 1 / 8).",
-        "",
-    ]
-    return lines
-
-
-def write_markdown(results: dict[str, Any], path: Path) -> None:
-    lines = [
-        f"# Serving load test ({results['cpu']}; tiny model, random weights, us6, "
-        f"{results['image_size']}x{results['image_size']} input, {results['threads']} threads)",
-        "",
-        f"Command: `{results['command']}`",
-        "",
-    ]
-    for carrier in results["carriers"]:
-        lines += _carrier_lines(results, carrier)
-    sim = results["similarity"]
-    lines += [
-        "## /similarity once cached (the page's click)",
-        "",
-        f"A {sim['image_size']}x{sim['image_size']} pair with SD 2.1 shaped us6 maps "
-        f"({sim['feature_shape']}), features in the server's cache, the target prepared on the "
-        "first click; p50 over the following clicks at random points:",
-        "",
-        "| heatmap size | round trip p50 ms | server matching p50 ms | first click ms |",
-        "|---|---|---|---|",
-    ]
-    for size, row in sim["by_heatmap_size"].items():
-        lines.append(
-            f"| {size} | {row['round_trip_p50_ms']:.1f} | {row['matching_p50_ms']:.1f} | "
-            f"{row['first_click_ms']:.1f} |"
+    served = mb1["1"]["p50_ms"]
+    bench.figure(
+        f"{carrier} features p50 c1", served, "ms", label=f"{name}: /features p50, concurrency 1"
+    )
+    bench.figure(
+        f"{carrier} overhead c1",
+        t["overhead_ms"],
+        "ms",
+        label=f"{name}: overhead over a direct call (allowed {t['overhead_allowed_ms']:.1f} ms)",
+    )
+    if ratio is not None:
+        bench.figure(
+            f"{carrier} batching c8",
+            ratio,
+            "x",
+            label=f"{name}: images/s at concurrency 8, max-batch 8 / 1",
+            better="higher",
         )
+    good = fault["requests"] - fault["bad_requests"]
+    bench.table(
+        f"{name}: targets",
+        ["target", "measured", "met"],
+        [
+            [
+                f"/features overhead at concurrency 1 <= {t['overhead_rule']}",
+                f"p50 {served:.1f} ms vs direct extract {direct['extract_p50_ms']:.1f} ms "
+                f"(decode + extract {direct['decode_extract_p50_ms']:.1f} ms): "
+                f"{t['overhead_ms']:+.1f} ms, allowed {t['overhead_allowed_ms']:.1f} ms",
+                t["overhead_met"],
+            ],
+            [
+                "images/s at concurrency 8, max-batch 8 >= 1.5x max-batch 1",
+                f"{ratio:.2f}x" if ratio is not None else "not measured",
+                t["batching_met"],
+            ],
+            [
+                "zero failed good requests in the fault run",
+                f"{fault['good_failed']} failed of {good} good; {fault['bad_requests']} bad "
+                f"answered {fault['bad_request_statuses']}; good vs direct max abs "
+                f"{fault['good_max_abs_vs_direct']:.2e}",
+                t["fault_zero_failed_good"],
+            ],
+        ],
+    )
+    bench.note(
+        f"{name}: start to ready {runs['max_batch_1']['ready_s']:.1f} s / "
+        f"{runs['max_batch_8']['ready_s']:.1f} s (max-batch 1 / 8)."
+    )
+
+
+def report(bench: Benchmark, results: dict[str, Any]) -> None:
+    """Figures, tables, notes and plots of the run, in the harness's one format."""
+    bench.results = results
+    direct = results["direct"]
+    bench.figure(
+        "direct extract p50",
+        direct["extract_p50_ms"],
+        "ms",
+        label="direct FeatureExtractor call, p50",
+    )
+    bench.note(
+        f"Tiny model, random weights, us6, {results['image_size']}x{results['image_size']} "
+        f"input, {results['threads']} threads, --batch-wait-ms {results['batch_wait_ms']}; "
+        "an aiohttp client on the same cores; PNG bodies of several sizes."
+    )
+    for carrier in results["carriers"]:
+        _carrier_report(bench, results, carrier)
+    sim = results["similarity"]
+    bench.table(
+        f"/similarity once cached: {sim['image_size']} px pair, SD 2.1 shaped us6 maps "
+        f"({sim['feature_shape']})",
+        ["heatmap size", "round trip p50 ms", "server matching p50 ms", "first click ms"],
+        [
+            [size, r["round_trip_p50_ms"], r["matching_p50_ms"], r["first_click_ms"]]
+            for size, r in sim["by_heatmap_size"].items()
+        ],
+    )
+    for size, row in sim["by_heatmap_size"].items():
+        label = f"/similarity once cached, {size} heatmap: round trip p50"
+        bench.figure(f"similarity {size} p50", row["round_trip_p50_ms"], "ms", label=label)
+    bench.note(
+        "/similarity: features already in the server's cache (as after the page's first click); "
+        "the first click also prepares the target; p50 over the following clicks at random "
+        "points; matching = best match (match_points' exact-upsampled argmax), the heatmap, "
+        "its PNG."
+    )
     ray = results.get("ray_data")
     if ray:
-        lines += [
-            "",
-            f"Ray Data, {ray['images']} images at {ray['image_size']} px (+1 corrupt), Ray "
-            "already running, actor start-up included: "
+        bench.note(
+            f"Ray Data, {ray['images']} images at {ray['image_size']} px (+1 corrupt), actor "
+            "start-up included: "
             + ", ".join(f"{k} {v:.1f} s" for k, v in ray["seconds"].items())
             + f"; 2 workers vs 1: {ray['speedup_2_vs_1_workers']:.2f}x; byte-identical to "
-            f"extract: {_yes(results['targets']['ray_data_byte_identical'])}.",
-        ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for carrier in results["carriers"]:
-        for key, label in (("max_batch_1", "max-batch 1"), ("max_batch_8", "max-batch 8")):
-            levels = results[carrier][key]["levels"]
-            xs = [int(level) for level in levels]
-            name = f"{carrier}, {label}"
-            left.plot(xs, [levels[k]["images_per_s"] for k in levels], marker="o", label=name)
-            right.plot(xs, [levels[k]["p99_ms"] for k in levels], marker="o", label=name)
-    for axis, title in ((left, "images/s"), (right, "p99 latency (ms)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("client concurrency")
-        axis.set_title(title)
-        axis.legend()
-    figure.suptitle(f"cleandift-deploy serve, tiny model ({results['cpu']})")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+            f"extract: {results['targets']['ray_data_byte_identical']}."
+        )
+    for title, key in (("images/s", "images_per_s"), ("p99 latency (ms)", "p99_ms")):
+        series = {
+            f"{carrier}, max-batch {mb}": [
+                (float(c), float(v[key]))
+                for c, v in results[carrier][f"max_batch_{mb}"]["levels"].items()
+            ]
+            for carrier in results["carriers"]
+            for mb in (1, 8)
+        }
+        bench.line_plot(title, "client concurrency", title, series, logx=True)
 
 
 def serve_sweeps(
@@ -557,11 +575,8 @@ def main() -> None:
         results["ray_data"] = ray_data_scaling(args.workdir, args.ray_images, args.ray_image_size)
         print("ray data:", results["ray_data"], flush=True)
     results["targets"] = targets(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, RESULTS / f"{NAME}.md")
-    plot(results, RESULTS / f"{NAME}.png")
-    print((RESULTS / f"{NAME}.md").read_text())
+    with Benchmark(NAME, "Serving: local server and Ray Serve, /similarity") as bench:
+        report(bench, results)
 
 
 if __name__ == "__main__":
