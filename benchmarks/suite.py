@@ -145,6 +145,15 @@ SUITE = (
         40,
     ),
     Entry(
+        "distributed",
+        "Distributed training: 1 vs 2 processes",
+        "bench_distributed.py",
+        (),
+        (),
+        8,
+        90,
+    ),
+    Entry(
         "train_step",
         "One training step",
         "bench_train_step.py",
