@@ -7,6 +7,9 @@ import zlib
 from collections.abc import Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# `auto` times ONNX Runtime against OpenVINO on first use of each artifact; the tests pin it (the
+# engine-choice tests unset this and measure).
+os.environ.setdefault("CLEANDIFT_CPU_ENGINE", "onnxruntime")
 
 import pytest
 import torch

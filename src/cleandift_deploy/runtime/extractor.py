@@ -21,6 +21,8 @@ from ..models.dinov2 import is_dinov2
 from ..models.loading import LoadedUNet, resolve_source
 from ..models.taps import DEFAULT_TAP
 from .backend import Backend
+from .engine_choice import Selection, choose_exact_cpu_engine, gate_bf16
+from .fidelity_gate import DEFAULT_MIN_AGREEMENT, calibration_images, check_min_agreement
 from .preprocess import ImageInput, Placement, check_policy, prepare, to_model_input
 from .request_checks import (
     check_latents,
@@ -57,8 +59,10 @@ class FeatureExtractor:
         image_size: tuple[int, int] | None = None,
         resize: str | None = None,
         batch_size: int | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self.backend = backend
+        self.selection = selection or Selection(backend.name, "asked for by name")
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256(manifest)
         self.taps = select_taps(manifest, taps)
@@ -86,6 +90,9 @@ class FeatureExtractor:
         threads: int | None = None,
         source: str | Path | LoadedUNet | None = None,
         cuda_graphs: bool = True,
+        precision: str = "fp32",
+        calibration: str | Path | Sequence[ImageInput] | None = None,
+        min_agreement: float = DEFAULT_MIN_AGREEMENT,
     ) -> FeatureExtractor:
         """Open an artifact (`.onnx`, `.plan`, `.engine`) with its manifest.
 
@@ -96,6 +103,12 @@ class FeatureExtractor:
         against the manifest before the (possibly slow) backend is opened. `cuda_graphs=False`
         runs TensorRT engines without CUDA graphs (they also fall back by themselves when a
         capture fails).
+
+        `precision="bf16"` runs the backend's bf16 engine (OpenVINO bf16 for `.onnx`, bf16
+        autocast for "torch") only where it keeps at least `min_agreement` of the exact
+        engine's nearest-neighbour matches on the `calibration` images (a folder or images;
+        measured once and kept beside the artifact), else the exact engine. `selection` says
+        which engine runs and why.
         """
         path = Path(path)
         kind = artifact_kind(path)
@@ -109,17 +122,45 @@ class FeatureExtractor:
             raise CleanDiftError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
         select_taps(manifest, taps)
         resolve_image_size(manifest, image_size)
+        if precision not in ("fp32", "bf16"):
+            raise CleanDiftError(f"unknown precision {precision!r}: use fp32 or bf16")
+        images = calibration_images(calibration) if precision == "bf16" else []
+        check_min_agreement(min_agreement)
         name = choose_backend(kind) if backend == "auto" else backend
-        device = device or default_device(name)
-        runner = _open_backend(name, path, manifest, device, threads, source, cuda_graphs)
-        return cls(
-            runner,
-            manifest,
-            taps=taps,
-            image_size=image_size,
-            resize=resize,
-            batch_size=batch_size,
-        )
+
+        def build(engine: str) -> FeatureExtractor:
+            runner = _open_backend(
+                engine,
+                path,
+                manifest,
+                device or default_device(engine),
+                threads,
+                source,
+                cuda_graphs,
+            )
+            return cls(
+                runner,
+                manifest,
+                taps=taps,
+                image_size=image_size,
+                resize=resize,
+                batch_size=batch_size,
+            )
+
+        if (
+            backend == "auto"
+            and name == "onnxruntime"
+            and (device or default_device(name)) == "cpu"
+        ):
+            chosen = choose_exact_cpu_engine(path, build, threads)
+        else:
+            reason = "auto" if backend == "auto" else "asked for by name"
+            chosen = build(name), Selection(name, reason)
+        if precision == "bf16":
+            chosen = gate_bf16(path, chosen, build, images, min_agreement)
+        extractor, selection = chosen
+        extractor.selection = selection
+        return extractor
 
     @classmethod
     def from_source(
