@@ -10,7 +10,6 @@ import torch
 from runtime_helpers import export_tiny, random_rgb
 
 from cleandift_deploy.errors import CleanDiftError
-from cleandift_deploy.kernels.cpu_features import has_bf16_gemm_isa
 from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime import engine_choice, fidelity_gate
 from cleandift_deploy.runtime.extractor import FeatureExtractor
@@ -31,6 +30,8 @@ def onnx_path(
 ) -> Path:
     """The shared export with no stored gate record, and fresh caches for each test."""
     fidelity_gate.gate_path(exported).unlink(missing_ok=True)
+    # The gate's arithmetic is the same on every CPU; CPUs without bf16 units have their own test.
+    monkeypatch.setattr(engine_choice, "has_bf16_gemm_isa", lambda: True)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "openvino-gate"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return exported
@@ -66,8 +67,7 @@ def test_gate_accepts_bf16_when_the_bar_is_met(onnx_path: Path, calibration: Pat
     reference, candidate = exact(images)["us6"], fast(images)["us6"]
     cosine = torch.nn.functional.cosine_similarity(reference, candidate, dim=1).min()
     assert cosine > 0.99
-    if has_bf16_gemm_isa():
-        assert not torch.equal(reference, candidate)
+    assert not torch.equal(reference, candidate)
 
 
 def test_gate_accepts_torch_bf16_which_differs_from_fp32(
@@ -131,6 +131,22 @@ def test_damaged_record_is_ignored_with_a_notice(
     assert "ignoring damaged" in capsys.readouterr().err
     assert gated.selection.fidelity is not None
     assert "format" in fidelity_gate.gate_path(onnx_path).read_text()
+
+
+def test_cpu_without_bf16_units_runs_exact(
+    onnx_path: Path,
+    calibration: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(engine_choice, "has_bf16_gemm_isa", lambda: False)
+    gated = FeatureExtractor.load(
+        onnx_path, precision="bf16", calibration=calibration, min_agreement=0.0
+    )
+    assert gated.selection.backend == "onnxruntime"
+    assert "emulated" in gated.selection.reason
+    assert "notice: this CPU has no AMX" in capsys.readouterr().err
+    assert not fidelity_gate.gate_path(onnx_path).exists()
 
 
 def test_bf16_without_calibration_is_refused(onnx_path: Path) -> None:

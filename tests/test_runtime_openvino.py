@@ -94,16 +94,29 @@ def test_bf16_by_name_agrees_loosely_and_differs_from_fp32(
         assert agreement(exact[tap], rounded[tap])["cosine_min"] >= BF16_COSINE
 
 
+def _full_precision_irs(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.glob("tiny-*.xml") if not p.stem.endswith("-w16"))
+
+
+def test_bf16_reads_an_ir_with_half_weights(dynamic_onnx: Path) -> None:
+    FeatureExtractor.load(dynamic_onnx, backend="openvino")
+    FeatureExtractor.load(dynamic_onnx, backend="openvino-bf16")
+    cache = Path(os.environ[CACHE_ENV])
+    full = _full_precision_irs(cache)[0].with_suffix(".bin").stat().st_size
+    half = next(cache.glob("tiny-*-w16.bin")).stat().st_size
+    assert 0.45 < half / full < 0.55
+
+
 def test_the_ir_is_converted_once_and_reused(
     dynamic_onnx: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:
     first = FeatureExtractor.load(dynamic_onnx, backend="openvino")
     cache = Path(os.environ[CACHE_ENV])
-    irs = sorted(cache.glob("tiny-*.xml"))
+    irs = _full_precision_irs(cache)
     assert len(irs) == 1 and irs[0].with_suffix(".bin").stat().st_size > 0
     stamp = irs[0].stat().st_mtime_ns
     second = FeatureExtractor.load(dynamic_onnx, backend="openvino")
-    assert sorted(cache.glob("tiny-*.xml")) == irs and irs[0].stat().st_mtime_ns == stamp
+    assert _full_precision_irs(cache) == irs and irs[0].stat().st_mtime_ns == stamp
     images = _images(rng, 1)
     assert torch.equal(first(images)["us6"], second(images)["us6"])
 

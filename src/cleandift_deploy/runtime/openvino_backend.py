@@ -60,11 +60,19 @@ def _read_onnx(core: ov.Core, path: Path) -> ov.Model:
         raise CleanDiftError(f"OpenVINO cannot read {path}: {first}; re-export it") from None
 
 
-def intermediate_representation(core: ov.Core, path: Path, cache: Path) -> Path:
+def intermediate_representation(
+    core: ov.Core, path: Path, cache: Path, half_weights: bool = False
+) -> Path:
     """The artifact as OpenVINO IR in `cache` (converted once; `.bin` weights are then mapped,
     not copied, when read). Both files are written under temporary names and renamed, the
-    `.xml` last, so a crash never leaves an IR that looks complete."""
-    xml = cache / f"{path.stem}-{_artifact_key(path)}.xml"
+    `.xml` last, so a crash never leaves an IR that looks complete.
+
+    `half_weights` stores the weights as fp16 (for bf16 runs only: the plugin rounds them to
+    bf16 anyway). The mapped IR is resident beside the plugin's own copy while a model
+    compiles, so this halves the larger of the two: SD2.1 us6 at 512 px on an Intel Xeon, bf16
+    peak 5.17 GiB from the f32 IR, 3.35 GiB from the fp16 one (weights 2.85 GiB)."""
+    suffix = "-w16" if half_weights else ""
+    xml = cache / f"{path.stem}-{_artifact_key(path)}{suffix}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return xml
     import openvino as ov
@@ -73,7 +81,7 @@ def intermediate_representation(core: ov.Core, path: Path, cache: Path) -> Path:
     model = _read_onnx(core, path)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".ir-") as staging:
         staged = Path(staging) / xml.name
-        ov.save_model(model, str(staged), compress_to_fp16=False)
+        ov.save_model(model, str(staged), compress_to_fp16=half_weights)
         del model
         os.replace(staged.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(staged, xml)
@@ -119,7 +127,9 @@ class OpenVINOModel:
             raise CleanDiftError(f"threads must be at least 1, got {threads}")
         self.core = ov.Core()
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.ir = intermediate_representation(self.core, Path(path), cache)
+        self.ir = intermediate_representation(
+            self.core, Path(path), cache, half_weights=precision == "bf16"
+        )
         model = self.core.read_model(str(self.ir))
         self.input_names = [port.get_any_name() for port in model.inputs]
         self.output_names = [port.get_any_name() for port in model.outputs]
