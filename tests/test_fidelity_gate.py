@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from export_helpers import run_cli
 from runtime_helpers import export_tiny, random_rgb
 
 from cleandift_deploy.errors import CleanDiftError
@@ -193,3 +194,31 @@ def test_bad_pin_is_refused(onnx_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(engine_choice.PIN_ENV, "tensorrt")
     with pytest.raises(CleanDiftError, match="CLEANDIFT_CPU_ENGINE"):
         FeatureExtractor.load(onnx_path)
+
+
+def test_extract_cli_runs_bf16_only_past_the_gate(
+    onnx_path: Path,
+    calibration: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    photos = calibration
+    accepted = ["extract", "--model", str(onnx_path), str(photos), "--precision", "bf16"]
+    accepted += ["--calibration-images", str(calibration), "--min-agreement", "0"]
+    assert run_cli([*accepted, "--out", str(tmp_path / "a")]) == 0
+    assert "engine: openvino-bf16 (bf16 passed the fidelity gate" in capsys.readouterr().err
+    refused = [*accepted[:-1], "1.01", "--out", str(tmp_path / "b")]
+    assert run_cli(refused) == 0
+    err = capsys.readouterr().err
+    assert "engine: onnxruntime (bf16 refused by the fidelity gate" in err
+    assert len(list((tmp_path / "b").glob("*.safetensors"))) == 3
+
+
+def test_extract_cli_bf16_needs_calibration(
+    onnx_path: Path, calibration: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["extract", "--model", str(onnx_path), str(calibration), "--out", str(tmp_path / "o")]
+    assert run_cli([*base, "--precision", "bf16"]) == 2
+    assert "needs calibration images" in capsys.readouterr().err
+    assert run_cli([*base, "--calibration-images", str(calibration)]) == 2
+    assert "is for --precision bf16" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..runtime.selection import BACKENDS
-from .options import parse_batch_sizes, parse_size
+from .options import parse_batch_sizes, parse_size, precision_options, precision_request
 
 DEFAULT_BATCHES = (1, 2, 4, 8)
 
@@ -33,6 +33,7 @@ DEFAULT_BATCHES = (1, 2, 4, 8)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--markdown", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "png", type=click.Path(path_type=Path), default=None)
+@precision_options
 def bench(
     artifact: Path,
     backend: str,
@@ -47,6 +48,9 @@ def bench(
     json_path: Path | None,
     markdown: Path | None,
     png: Path | None,
+    precision: str,
+    calibration_images: Path | None,
+    min_agreement: float,
 ) -> None:
     """Latency p50/p90/p99, images/s, achieved TFLOP/s and peak memory per batch and size."""
     from rich.console import Console
@@ -73,9 +77,16 @@ def bench(
     cases = tuple(BenchCase(b, h, w) for h, w in shapes for b in batches)
     for case in cases:
         check_case(manifest, case)
-    request = BenchRequest(artifact, backend, device, cases, budget, reference, not no_flops)
+    wanted = precision_request(precision, calibration_images, min_agreement)
+    request = BenchRequest(
+        artifact, backend, device, cases, budget, reference, not no_flops, wanted
+    )
     report = run_bench(request)
     console = Console()
+    selection = report["selection"]
+    Console(stderr=True).print(
+        f"engine: {selection['backend']} ({selection['reason']})", markup=False, highlight=False
+    )
     print_table(report, console if console.is_terminal else Console(width=160))
     write_outputs(report, json_path, markdown, png)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDiftError
-from .options import source_option
+from .options import precision_options, source_option
 
 DATASET_CHOICES = ("spair", "pfpascal", "pfwillow")
 ALPHAS = "0.01,0.05,0.1,0.15"
@@ -81,6 +81,7 @@ def eval_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--pictures/--no-pictures", default=True, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@precision_options
 def pck_command(**kwargs: object) -> None:
     """PCK of a method's matches; writes results.json, predictions.jsonl, results.md, pictures."""
     from .eval_pck import run_pck

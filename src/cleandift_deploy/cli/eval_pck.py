@@ -15,6 +15,7 @@ from ..eval.report import draw_extremes, results_document, write_report
 from ..eval.scoring import evaluate
 from ..methods.registry import build_method
 from .eval import parse_alphas, parse_filters, parse_pairs
+from .options import precision_request
 
 
 def run_pck(
@@ -43,6 +44,9 @@ def run_pck(
     seed: int,
     pictures: bool,
     out: Path,
+    precision: str,
+    calibration_images: Path | None,
+    min_agreement: float,
 ) -> None:
     """Evaluate one method on one dataset split and write everything to `out`."""
     alphas = parse_alphas(alpha)
@@ -52,6 +56,7 @@ def run_pck(
         model=model, dino=dino, backend=backend, tap=tap, mode=mode, descriptor=descriptor,
         source=source, arch=arch, random_init=random_init, checkpoint=checkpoint,
         settings=parse_pairs(settings, "--set"), cache=cache or out / "cache", seed=seed,
+        precision=precision_request(precision, calibration_images, min_agreement),
     )  # fmt: skip
     name = method or ("descriptor" if descriptor else "features")
     started = time.perf_counter()

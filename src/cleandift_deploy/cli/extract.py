@@ -11,10 +11,18 @@ from rich.console import Console
 from ..errors import CleanDiftError
 from ..runtime.selection import BACKENDS
 from .lazy_choice import LazyChoice
-from .options import split_taps
+from .options import precision_options, precision_request, split_taps
 
 if TYPE_CHECKING:
+    from ..runtime.engine_choice import Selection
     from ..runtime.extract_files import ExtractReport
+
+
+def _say_selection(selection: Selection) -> None:
+    """Which engine runs and why (with the bf16 gate's agreement when it was measured)."""
+    Console(stderr=True).print(
+        f"engine: {selection.backend} ({selection.reason})", markup=False, highlight=False
+    )
 
 
 def _summarise(report: ExtractReport, out: Path) -> None:
@@ -63,6 +71,7 @@ def _summarise(report: ExtractReport, out: Path) -> None:
     show_default=True,
     help="TensorRT engines: replay CUDA graphs per input shape.",
 )
+@precision_options
 def extract(
     model: str,
     inputs: tuple[Path, ...],
@@ -80,15 +89,21 @@ def extract(
     workers: int | None,
     gpus_per_worker: float | None,
     cuda_graphs: bool,
+    precision: str,
+    calibration_images: Path | None,
+    min_agreement: float,
 ) -> None:
     """Features of image files and folders: one safetensors file per image in --out."""
     from ..runtime.extract_files import extract_files, plan_jobs
 
+    wanted = precision_request(precision, calibration_images, min_agreement)
     jobs = plan_jobs(list(inputs), out)
     if use_ray:
         from ..serve.ray_extract import ModelSpec, RayOptions, ray_extract_files
 
-        spec = ModelSpec(model, backend, device, split_taps(taps), image_size, resize, batch_size)
+        spec = ModelSpec(
+            model, backend, device, split_taps(taps), image_size, resize, batch_size, wanted
+        )
         options = RayOptions(address, workers or 1, gpus_per_worker or 0.0)
         report = ray_extract_files(spec, jobs, options, overwrite=overwrite, pca=pca)
     elif address is not None or workers is not None or gpus_per_worker is not None:
@@ -105,7 +120,9 @@ def extract(
             resize,
             batch_size,
             cuda_graphs=cuda_graphs,
+            precision=wanted,
         )
+        _say_selection(extractor.selection)
         report = extract_files(extractor, jobs, overwrite=overwrite, pca=pca)
     _summarise(report, out)
     if report.failed:

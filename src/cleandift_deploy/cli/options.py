@@ -10,6 +10,7 @@ to list its options.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -17,6 +18,7 @@ from click.core import ParameterSource
 
 from ..errors import CleanDiftError
 from ..models.configs import ARCHS
+from ..runtime.precision import PrecisionRequest
 from ..values import parse_batch_range, parse_positive_ints, split_list
 from ..values import parse_size as _parse_size
 from .lazy_choice import LazyChoice
@@ -151,3 +153,44 @@ def noise_options(command: F) -> F:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def precision_options(func: F) -> F:
+    """`--precision fp32|bf16`, `--calibration-images DIR`, `--min-agreement`: bf16 on the CPU
+    behind the fidelity gate, shared by every verb that runs a model."""
+    decorators = [
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16"]),
+            default="fp32",
+            show_default=True,
+            help="bf16 (AMX / AVX512_BF16) runs only where it keeps --min-agreement of the "
+            "exact engine's matches on --calibration-images; else the exact engine runs.",
+        ),
+        click.option(
+            "--calibration-images",
+            "calibration_images",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="With --precision bf16: a folder of a few of your images (at least 2).",
+        ),
+        click.option(
+            "--min-agreement",
+            type=click.FloatRange(0.0),
+            default=0.99,
+            show_default=True,
+            help="With --precision bf16: share of nearest-neighbour matches bf16 must keep.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def precision_request(
+    precision: str, calibration_images: Path | None, min_agreement: float
+) -> PrecisionRequest:
+    """The parsed precision options; calibration images without bf16 are refused."""
+    if precision == "fp32" and calibration_images is not None:
+        raise CleanDiftError("--calibration-images is for --precision bf16: add it or drop them")
+    return PrecisionRequest(precision, calibration_images, min_agreement)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..runtime.selection import BACKENDS
+from .options import precision_options, precision_request
 
 if TYPE_CHECKING:
     from ..serve.hub import AppConfig
@@ -79,6 +80,7 @@ def _serve_until_interrupted(url: str, stop: Callable[[], None] | None = None) -
     help="Uploaded images and their features kept (least recently used go first).",
 )
 @click.option("--ready-timeout", type=click.FloatRange(1), default=600.0, show_default=True)
+@precision_options
 def serve(
     artifacts: tuple[Path, ...],
     backend: str,
@@ -95,6 +97,9 @@ def serve(
     max_request_mb: int,
     cache_mb: int,
     ready_timeout: float,
+    precision: str,
+    calibration_images: Path | None,
+    min_agreement: float,
 ) -> None:
     """HTTP feature server and the correspondence page for one or more models, with dynamic
     batching, in the foreground until Ctrl-C: a local server (uvicorn) by default, Ray Serve
@@ -105,8 +110,9 @@ def serve(
 
     limits = Limits(max_request_bytes=max_request_mb * MEGABYTE)
     devices = [_replica_device(a, backend, device) for a in artifacts]
+    wanted = precision_request(precision, calibration_images, min_agreement)
     models = tuple(
-        ServeConfig(str(a.resolve()), backend, d, threads, max_batch, batch_wait_ms, limits)
+        ServeConfig(str(a.resolve()), backend, d, threads, max_batch, batch_wait_ms, limits, wanted)
         for a, d in zip(artifacts, devices, strict=True)
     )
     for model in models:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..runtime.precision import EXACT, PrecisionRequest
+
 BBox = tuple[float, float, float, float]
 
 
@@ -54,6 +56,8 @@ class MethodOptions:
     settings: dict[str, str] = field(default_factory=dict)
     cache: Path | None = None
     seed: int = 0
+    precision: PrecisionRequest = EXACT
+    """bf16 behind the fidelity gate for artifact models (`--precision bf16`)."""
 
 
 class Method(Protocol):

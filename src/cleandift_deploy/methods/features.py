@@ -44,7 +44,12 @@ def open_extractor(options: MethodOptions) -> FeatureExtractor:
     if options.model is not None:
         taps = None if options.tap is None else [options.tap]
         return FeatureExtractor.load(
-            options.model, backend=options.backend, taps=taps, image_size=size, resize=resize
+            options.model,
+            backend=options.backend,
+            taps=taps,
+            image_size=size,
+            resize=resize,
+            **options.precision.load_options(),
         )
     if options.source is None and not options.random_init:
         raise CleanDiftError("the features method needs --model ARTIFACT (or --source / --arch)")
@@ -152,6 +157,7 @@ class FeaturesMethod:
             "source": None if self.options.source is None else str(self.options.source),
             "manifest_sha256": self.extractor.manifest_sha256,
             "backend": self.extractor.backend_name,
+            "selection": self.extractor.selection.as_dict(),
             "tap": self.tap,
             "image_size": list(self.extractor.image_size),
             "resize": self.extractor.resize,

@@ -18,6 +18,7 @@ from ..manifest import source_onnx
 from .bench import BenchBudget, BenchCase, BenchRow, measure, model_inputs
 from .extractor import FeatureExtractor
 from .machine import device_description
+from .precision import EXACT, PrecisionRequest
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class BenchRequest:
     budget: BenchBudget
     reference: bool = False
     count_flops: bool = True
+    precision: PrecisionRequest = EXACT
 
 
 def _flops(source: Path | None, extractor: FeatureExtractor, case: BenchCase) -> int | None:
@@ -44,7 +46,9 @@ def _flops(source: Path | None, extractor: FeatureExtractor, case: BenchCase) ->
 
 def run_bench(request: BenchRequest) -> dict[str, Any]:
     """Measure every case (and the reference's, when asked) and return the report."""
-    ours = FeatureExtractor.load(request.artifact, request.backend, request.device)
+    ours = FeatureExtractor.load(
+        request.artifact, request.backend, request.device, **request.precision.load_options()
+    )
     reference = (
         FeatureExtractor.load(request.artifact, "torch", request.device)
         if request.reference
@@ -69,6 +73,7 @@ def run_bench(request: BenchRequest) -> dict[str, Any]:
         "artifact": str(request.artifact),
         "manifest_sha256": ours.manifest_sha256,
         "backend": ours.backend_name,
+        "selection": ours.selection.as_dict(),
         "device": device,
         "machine": device_description(device),
         "budget": {

@@ -22,7 +22,8 @@ from ..models.loading import LoadedUNet, resolve_source
 from ..models.taps import DEFAULT_TAP
 from .backend import Backend
 from .engine_choice import Selection, choose_exact_cpu_engine, gate_bf16
-from .fidelity_gate import DEFAULT_MIN_AGREEMENT, calibration_images, check_min_agreement
+from .fidelity_gate import calibration_images, check_min_agreement
+from .precision import DEFAULT_MIN_AGREEMENT
 from .preprocess import ImageInput, Placement, check_policy, prepare, to_model_input
 from .request_checks import (
     check_latents,

@@ -36,9 +36,8 @@ from .preprocess import ImageInput, to_rgb_arrays
 
 GATE_SUFFIX = ".bf16-gate.json"
 GATE_FORMAT = 1
-DEFAULT_MIN_AGREEMENT = 0.99
-"""The bar fp16 exports are held to elsewhere: 99% of nearest-neighbour matches unchanged."""
 VERSIONED = ("cleandift-deploy", "torch", "onnxruntime", "openvino")
+
 
 Extract = Callable[[list[np.ndarray]], Mapping[str, torch.Tensor]]
 """Images (uint8 HxWx3) -> `{tap: [B, C, h, w]}`: one engine behind the gate."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import CleanDiftError
 from ..models.taps import DEFAULT_TAP
 from .extractor import FeatureExtractor
+from .precision import EXACT, PrecisionRequest
 from .selection import ARTIFACT_KINDS
 
 
@@ -20,8 +22,10 @@ def open_model(
     batch_size: int | None,
     threads: int | None = None,
     cuda_graphs: bool = True,
+    precision: PrecisionRequest = EXACT,
 ) -> FeatureExtractor:
-    """An artifact through `FeatureExtractor.load`, or a model source through PyTorch."""
+    """An artifact through `FeatureExtractor.load`, or a model source through PyTorch.
+    bf16 behind the fidelity gate needs an artifact (the measurement is kept beside it)."""
     if Path(model).suffix in ARTIFACT_KINDS:
         return FeatureExtractor.load(
             model,
@@ -33,6 +37,12 @@ def open_model(
             batch_size=batch_size,
             threads=threads,
             cuda_graphs=cuda_graphs,
+            **precision.load_options(),
+        )
+    if precision.precision != "fp32":
+        raise CleanDiftError(
+            f"--precision {precision.precision} measures bf16 against an exported artifact: "
+            "export the model first (or run --backend torch-bf16 by name)"
         )
     return FeatureExtractor.from_source(
         model,

@@ -29,6 +29,7 @@ from ..errors import CleanDiftError
 from ..manifest import Manifest, sidecar_path
 from ..runtime.extract_files import feature_file_bytes, feature_metadata
 from ..runtime.extractor import FeatureExtractor
+from ..runtime.precision import EXACT, PrecisionRequest
 from ..runtime.preprocess import Placement
 from ..runtime.request_checks import manifest_sha256, select_taps
 from ..runtime.selection import artifact_kind
@@ -59,6 +60,7 @@ class ServeConfig:
     max_batch: int = 8
     batch_wait_ms: float = 10.0
     limits: Limits = field(default_factory=Limits)
+    precision: PrecisionRequest = EXACT
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class FeatureService:
                 self.config.device,
                 batch_size=self.config.max_batch,
                 threads=self.config.threads,
+                **self.config.precision.load_options(),
             )
             rng = np.random.default_rng(WARMUP_SEED)
             height, width = extractor.image_size

@@ -282,6 +282,9 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
     async def manifest(model: str | None = None) -> Response:
         service = hub.services[hub.name(model)]
         headers = {"X-Manifest-Sha256": service.manifest_sha256}
+        if service.extractor is not None:
+            headers["X-Engine"] = service.extractor.selection.backend
+            headers["X-Engine-Reason"] = service.extractor.selection.reason
         return Response(service.manifest.to_json(), headers=headers, media_type="application/json")
 
     @app.get("/stats", summary="Requests, batch sizes and the cache")

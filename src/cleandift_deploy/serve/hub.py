@@ -73,6 +73,7 @@ def describe(name: str, service: FeatureService) -> dict[str, Any]:
         "default_tap": manifest.tap_names[-1],
         "image_size": [manifest.height.opt, manifest.width.opt],
         "ready": service.ready,
+        "selection": None if service.extractor is None else service.extractor.selection.as_dict(),
     }
 
 

@@ -28,6 +28,7 @@ from ..runtime.extract_files import (
     pending_jobs,
     progress_bar,
 )
+from ..runtime.precision import EXACT, PrecisionRequest
 from ..runtime.preprocess import check_policy
 from ..runtime.request_checks import resolve_batch_size, resolve_image_size, select_taps
 from ..runtime.selection import ARTIFACT_KINDS, artifact_kind
@@ -45,6 +46,7 @@ class ModelSpec:
     image_size: tuple[int, int] | None = None
     resize: str | None = None
     batch_size: int | None = None
+    precision: PrecisionRequest = EXACT
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class BatchWriter:
             spec.resize,
             spec.batch_size,
             threads,
+            precision=spec.precision,
         )
         if self.extractor.batch_size != batch_size:
             raise CleanDiftError(
