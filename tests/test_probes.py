@@ -4,6 +4,7 @@ readers' one-line errors; the probe inside the exported graph equals the PyTorch
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -253,6 +254,12 @@ def test_cli_end_to_end_and_graph_equals_pytorch_probe(
     assert manifest["build"]["head"] == "depth"
     assert manifest["build"]["probe"]["sha256"] == load_probe(probe).sha256
     assert [t["name"] for t in manifest["taps"]] == ["depth"]
+    if importlib.util.find_spec("tensorrt_rtx") is not None:  # the CPU-side TensorRT check
+        engine = tmp_path / "depth.engine"
+        _run(["build", tmp_path / "depth.onnx", "-o", engine, "--compute-capability", "8.6",
+              "--opt-level", "0", "--workspace", "3"])  # fmt: skip
+        built = json.loads((tmp_path / "depth.engine.json").read_text())
+        assert built["taps"] == manifest["taps"] and built["build"]["head"] == "depth"
     _run(["probe", "eval", "--data", tmp_path / "d/nyu", "--model", tmp_path / "depth.onnx",
           "--out", tmp_path / "ev"])  # fmt: skip
     results = json.loads((tmp_path / "ev" / "results.json").read_text())

@@ -80,7 +80,11 @@ def print_agreement(manifest: Manifest) -> None:
     "--taps", multiple=True, default=(DEFAULT_TAP,), show_default=True, help="Repeatable."
 )
 @click.option("--timestep", type=float, help="Default: learned (*_full checkpoint), else 261.")
-@click.option("--prompt", default="", help="Prompt whose embedding is baked in (default: empty).")
+@click.option(
+    "--prompt",
+    default="",
+    help="Prompt whose embedding is baked in (default: empty; with --head: the probe's).",
+)
 @click.option("--prompt-input", is_flag=True, help="Take encoder_hidden_states as an input.")
 @click.option("--no-vae", is_flag=True, help="Take latents [B,4,h,w] instead of images.")
 @click.option("--image-size", nargs=2, type=int, metavar="H W", help="Optimisation size (px).")
@@ -147,13 +151,17 @@ def export(
         random_init=random_init,
         check_agreement=not no_agreement,
     )
-    options = with_recipe(options, given_options(click.get_current_context()), **recipe_args)
+    ctx = click.get_current_context()
+    options = with_recipe(options, given_options(ctx), **recipe_args)
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
     spec = None
     if head is not None:
-        from ..models.probe_graph import probe_spec
+        from ..models.probe_graph import probe_prompt, probe_spec
 
-        spec = probe_spec(loaded, parse_head(head), options)
+        probe = parse_head(head)
+        if ctx.get_parameter_source("prompt") == click.core.ParameterSource.DEFAULT:
+            options.prompt = probe_prompt(probe)
+        spec = probe_spec(loaded, probe, options)
     with console.status(f"exporting {loaded.arch} ({precision}) to {out}"):
         manifest = export_onnx(loaded, out, options, spec)
     build = manifest.build

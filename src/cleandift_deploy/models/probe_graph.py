@@ -73,9 +73,25 @@ def with_probe(base: ExportGraph, loaded: LoadedUNet, probe_file: ProbeFile) -> 
     return ProbeGraph(base, probe_file).eval()
 
 
+CLEANDIFT_PROMPT = "A photo of a room"
+"""The prompt of CleanDIFT's depth probe (`src/depth.py`), for probe files without a record."""
+
+
+def probe_prompt(probe_file: ProbeFile) -> str:
+    """The prompt the probe's features were made with (CleanDIFT's for its released file)."""
+    recorded = probe_file.info.features.get("prompt")
+    return CLEANDIFT_PROMPT if recorded is None else str(recorded)
+
+
 def probe_spec(loaded: LoadedUNet, probe_file: ProbeFile, options: ExportOptions) -> GraphSpec:
     """The graph to trace (and its fp32 PyTorch reference) with the probe's provenance."""
     options.taps = (probe_file.info.tap,)
+    recorded = probe_file.info.features.get("prompt")
+    if recorded is not None and not options.prompt_input and options.prompt != recorded:
+        raise CleanDiftError(
+            f"the probe was trained on features made with the prompt {recorded!r}, not "
+            f"{options.prompt!r}: export with --prompt {recorded!r}"
+        )
     spec = build_export_graph(loaded, options)
     spec.module = with_probe(spec.module, loaded, probe_file)
     spec.build = {"head": probe_file.info.task, "probe": probe_record(probe_file)}
