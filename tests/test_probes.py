@@ -307,8 +307,9 @@ def test_cli_end_to_end_and_graph_equals_pytorch_probe(
     depth_png = Image.open(tmp_path / "x" / "photo.png.depth.png")
     assert depth_png.size == (96, 80) and depth_png.mode.startswith("I;16")
     assert (tmp_path / "x" / "photo.png.picture.png").is_file()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        _run([*export, "--head", f"segmentation={probe}", "-o", tmp_path / "s.onnx"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().count("\n") == 0
+    for bad in (["--head", f"segmentation={probe}"], ["--head", f"depth={probe}", "--prompt", "x"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            _run([*export, *bad, "-o", tmp_path / "s.onnx"])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().count("\n") == 0
