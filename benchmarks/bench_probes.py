@@ -38,7 +38,7 @@ PROMPT = "A photo of a room"
 
 def _extractor(arch: str, size: int) -> Any:
     from cleandift_deploy.runtime.extractor import FeatureExtractor
-    from cleandift_deploy.runtime.reference import ReferenceSpec
+    from cleandift_deploy.runtime.torch_reference import ReferenceSpec
 
     spec = ReferenceSpec(taps=("us6",), prompt=PROMPT)
     return FeatureExtractor.from_source(
@@ -107,9 +107,9 @@ def case_train(arch: str, size: int, images: int, batch: int, work: Path) -> dic
 def case_export(arch: str, size: int, work: Path) -> dict[str, Any]:
     """The features graph and the probe graph (fp32, static size, agreement measured)."""
     from cleandift_deploy.export.exporter import export_onnx
-    from cleandift_deploy.export.options import ExportOptions
-    from cleandift_deploy.export.probe_graph import probe_spec
     from cleandift_deploy.models import random_unet
+    from cleandift_deploy.models.graph_options import ExportOptions
+    from cleandift_deploy.models.probe_graph import probe_spec
     from cleandift_deploy.models.probe_heads import ProbeInfo, build_probe, load_probe, save_probe
 
     loaded = random_unet(arch, 0)
