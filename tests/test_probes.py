@@ -4,7 +4,9 @@ readers' one-line errors; the probe inside the exported graph equals the PyTorch
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import io
 import json
 import shutil
 from pathlib import Path
@@ -42,6 +44,7 @@ from cleandift_deploy.models.probe_heads import (
 )
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.torch_reference import ReferenceSpec
+from cleandift_deploy.serve.app import FeatureService, HttpRequest, Item, ItemResult, ServeConfig
 from cleandift_deploy.train.probes import ProbeTrainSettings, train_probe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -307,6 +310,19 @@ def test_cli_end_to_end_and_graph_equals_pytorch_probe(
     depth_png = Image.open(tmp_path / "x" / "photo.png.depth.png")
     assert depth_png.size == (96, 80) and depth_png.mode.startswith("I;16")
     assert (tmp_path / "x" / "photo.png.picture.png").is_file()
+    # serve's /predict answers the same 16-bit map for the same image
+    service = FeatureService(ServeConfig(str(tmp_path / "depth.onnx"), threads=1, max_batch=1))
+    service.load()
+
+    async def direct(item: Item) -> ItemResult:
+        return service.run_batch([item])[0]
+
+    photo = (tmp_path / "photo.png").read_bytes()
+    request = HttpRequest("POST", "/predict", {}, "image/png", photo)
+    reply = asyncio.run(service.handle(request, direct))
+    assert reply.status == 200 and reply.headers["X-Task"] == "depth"
+    served = np.asarray(Image.open(io.BytesIO(reply.body)))
+    np.testing.assert_array_equal(served, np.asarray(depth_png))
     for bad in (["--head", f"segmentation={probe}"], ["--head", f"depth={probe}", "--prompt", "x"]):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:

@@ -151,3 +151,18 @@ def write_prediction_files(
         write_palette_png(path, labels)
         segmentation_picture(image, labels, picture)
     return [path, picture]
+
+
+def prediction_png_bytes(prediction: torch.Tensor, placement: Placement, task: str) -> bytes:
+    """A probe graph's canvas map as PNG bytes at the original size: 16-bit millimetres (depth)
+    or palette class indices (segmentation), the same pixels `extract` writes."""
+    import io
+
+    original = to_original(prediction.float().cpu(), placement)
+    if task == "depth":
+        image = Image.fromarray(millimetres(original[0].numpy()))
+    else:
+        image = palette_image(original.argmax(dim=0).numpy().astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -7,7 +7,9 @@ Ray Serve deployment passes its `@serve.batch` method as `extract`, a test can p
 
 Routes: `POST /features` (image bytes -> safetensors with the taps and the manifest hash in its
 metadata; `?taps=us3,us6`, `?size=HxW`), `POST /match` (JSON: two base64 images and source points
--> matched points and scores), `GET /healthz`, `GET /readyz`, `GET /manifest`, `GET /stats`
+-> matched points and scores), `POST /predict` (a graph with a probe inside, `export --head`:
+image bytes -> the depth map as a 16-bit PNG of millimetres, or the classes as a palette PNG, at the
+image's size), `GET /healthz`, `GET /readyz`, `GET /manifest`, `GET /stats`
 (request count and observed batch sizes). Client faults are 4xx with a one-line JSON message.
 """
 
@@ -30,6 +32,7 @@ from ..manifest import Manifest, sidecar_path
 from ..runtime.extract_files import feature_file_bytes, feature_metadata
 from ..runtime.extractor import FeatureExtractor
 from ..runtime.precision import EXACT, PrecisionRequest
+from ..runtime.prediction_maps import prediction_png_bytes
 from ..runtime.preprocess import Placement
 from ..runtime.request_checks import manifest_sha256, select_taps
 from ..runtime.selection import artifact_kind
@@ -147,6 +150,7 @@ Extract = Callable[[Item], Awaitable[ItemResult]]
 ROUTES = {
     "/features": "POST",
     "/match": "POST",
+    "/predict": "POST",
     "/healthz": "GET",
     "/readyz": "GET",
     "/manifest": "GET",
@@ -270,6 +274,8 @@ class FeatureService:
         self._check_ready()
         if request.path == "/features":
             return await self._features(request, extract)
+        if request.path == "/predict":
+            return await self._predict(request, extract)
         return await self._match(request, extract)
 
     def _check_ready(self) -> None:
@@ -293,6 +299,26 @@ class FeatureService:
         }
         body = feature_file_bytes(tensors, metadata)
         return Reply(200, body, "application/octet-stream", headers)
+
+    async def _predict(self, request: HttpRequest, extract: Extract) -> Reply:
+        record = self.manifest.build.get("probe")
+        if not record:
+            raise ClientError(404, "this model has no probe inside: export one with --head")
+        check_query(request.query, ("size",))
+        check_image_type(request.content_type)
+        size = parse_size(request.query.get("size"), self.manifest)
+        result = await extract(Item(decode_image(request.body, self.config.limits), size))
+        output = self.manifest.tap_names[0]
+        task = str(record["info"]["task"])
+        body = await asyncio.to_thread(
+            prediction_png_bytes, result.taps[output], result.placement, task
+        )
+        headers = {
+            "X-Task": task,
+            "X-Unit": "millimetres" if task == "depth" else "class index",
+            "X-Manifest-Sha256": self.manifest_sha256,
+        }
+        return Reply(200, body, "image/png", headers)
 
     async def _match(self, request: HttpRequest, extract: Extract) -> Reply:
         check_query(request.query, ("size",))
