@@ -213,7 +213,9 @@ def match_agreement(pair: list[np.ndarray], reference: list[np.ndarray]) -> floa
     return float((matches(pair) == matches(reference)).float().mean())
 
 
-def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
+def timing(
+    arch: str, graph: Path, sizes: list[int], repeats: int, cases: tuple[str, ...] = TIMED_CASES
+) -> dict[str, Any]:
     """Interleaved repeats of every timed case at every size, in this process (the first run of
     each case, on the image and a second image, is the warm-up and gives the agreement)."""
     module = reference_module(arch)
@@ -221,7 +223,7 @@ def timing(arch: str, graph: Path, sizes: list[int], repeats: int) -> dict[str, 
     results: dict[str, Any] = {}
     for size in sizes:
         gc.collect()
-        runners = {case: make_runner(case, arch, graph, module) for case in TIMED_CASES}
+        runners = {case: make_runner(case, arch, graph, module) for case in cases}
         image = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
         second = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
         outputs, pairs = {}, {}
@@ -285,7 +287,32 @@ def memory(arch: str, graph: Path, sizes: list[int], cases: tuple[str, ...]) -> 
     return results
 
 
-def report(bench: Benchmark, timing_rows: dict[str, Any], memory_rows: dict[str, Any]) -> None:
+def graph_flops(graph: Path, sizes: list[int]) -> dict[str, float]:
+    """FLOPs of one image -> us6 run per size, counted in the graph (the `bench` verb's count)."""
+    from cleandift_deploy.runtime.flops import count_flops
+
+    return {
+        str(size): float(sum(count_flops(graph, {"image": [1, 3, size, size]}).values()))
+        for size in sizes
+    }
+
+
+def default_cases() -> tuple[str, ...]:
+    """Every timed case, less the bf16 ones where the CPU has no bf16 units (emulated bf16 is
+    several times slower than fp32: measuring it would only take the machine's time)."""
+    from cleandift_deploy.kernels.cpu_features import has_bf16_gemm_isa
+
+    if has_bf16_gemm_isa():
+        return TIMED_CASES
+    return tuple(case for case in TIMED_CASES if "bf16" not in case)
+
+
+def report(
+    bench: Benchmark,
+    timing_rows: dict[str, Any],
+    memory_rows: dict[str, Any],
+    flops: dict[str, float] | None = None,
+) -> None:
     """Figures per case and size, the table (time, speed-up, agreement, memory), a bar chart."""
     table = []
     for size in sorted(set(timing_rows) | set(memory_rows), key=int):
@@ -293,7 +320,15 @@ def report(bench: Benchmark, timing_rows: dict[str, Any], memory_rows: dict[str,
             row = timing_rows.get(size, {}).get(case, {})
             mem = memory_rows.get(size, {}).get(case, {})
             if row:
-                bench.timing_figure(f"{size} {case}", row["timing"], label=f"{size} px {case}")
+                ceiling = "bf16_gemm" if "bf16" in case else "fp32_gemm"
+                figure = bench.timing_figure(
+                    f"{size} {case}",
+                    row["timing"],
+                    label=f"{size} px {case}",
+                    work=(flops or {}).get(size),
+                    ceiling=ceiling if flops else None,
+                )
+                rate = figure.get("rate") or {}
             if "peak_rss_gib" in mem:
                 bench.figure(f"{size} {case} peak", mem["peak_rss_gib"], "GiB")
             agree = row.get("agreement_vs_torch_fp32", {})
@@ -309,18 +344,27 @@ def report(bench: Benchmark, timing_rows: dict[str, Any], memory_rows: dict[str,
                     f"{100 * float(matched):.2f}%" if matched is not None else "-",
                     mem.get("peak_rss_gib"),
                     mem.get("rss_after_gib"),
+                    _rate_cell(rate) if row else "-",
                 ]
             )
     headers = ["size", "case", "median s", "vs torch fp32", "cosine vs fp32", "max abs"]
-    headers += ["NN match", "peak RSS GiB", "RSS after GiB"]
+    headers += ["NN match", "peak RSS GiB", "RSS after GiB", "achieved / GEMM ceiling"]
     bench.table("image -> us6, batch 1", headers, table)
     sizes = sorted(timing_rows, key=int)
     bench.bar_plot(
         "image -> us6, batch 1",
         "median seconds",
         [f"{s} px" for s in sizes],
-        {case: [timing_rows[s][case]["median_s"] for s in sizes] for case in TIMED_CASES},
+        {case: [timing_rows[s][case]["median_s"] for s in sizes] for case in timing_rows[sizes[0]]},
     )
+
+
+def _rate_cell(rate: dict[str, Any]) -> str:
+    if not rate:
+        return "-"
+    ratio = rate.get("ratio")
+    share = f" ({100 * ratio:.0f}% of {rate['ceiling']})" if ratio else ""
+    return f"{rate['value']:.0f} {rate['unit']}{share}"
 
 
 def main() -> None:
@@ -332,6 +376,12 @@ def main() -> None:
     parser.add_argument("--graph", type=Path, help="an exported image -> us6 graph to use")
     parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
     parser.add_argument("--skip", default="", help="comma list of memory cases to skip")
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help=f"comma list of timed cases (default: {','.join(TIMED_CASES)}, less the bf16 ones "
+        "on a CPU without AMX or AVX512_BF16)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     graph = args.graph or export_graph(args.arch, args.workdir / args.arch / "model.onnx")
@@ -342,11 +392,21 @@ def main() -> None:
     bench = Benchmark(NAME, "Image to us6 on the CPU: torch, ONNX Runtime, OpenVINO")
     make_runner("ov-f32", args.arch, graph, None)  # converts the graph to IR once, before timing
     weights = weight_bytes(graph) / 2**30
-    timed = timing(args.arch, graph, sizes, args.repeats)
+    cases_timed = tuple(args.cases.split(",")) if args.cases else default_cases()
+    if set(cases_timed) - set(TIMED_CASES):
+        parser.error(f"--cases: choose from {', '.join(TIMED_CASES)}")
+    if cases_timed != TIMED_CASES and not args.cases:
+        bench.note("bf16 cases not timed: this CPU has no AMX or AVX512_BF16 (bf16 is emulated).")
+    timed = timing(args.arch, graph, sizes, args.repeats, cases_timed)
     gc.collect()
-    cases = tuple(case for case in MEMORY_CASES if case not in skipped)
+    no_bf16 = "torch-bf16" not in default_cases()
+    cases = tuple(
+        case
+        for case in MEMORY_CASES
+        if case not in skipped and not (no_bf16 and "bf16" in case and case not in cases_timed)
+    )
     memory_rows = memory(args.arch, graph, sizes, cases)
-    report(bench, timed, memory_rows)
+    report(bench, timed, memory_rows, graph_flops(graph, sizes))
     bench.note(
         f"{args.arch}, fp32 weights {weights:.2f} GiB; peak RSS target {1.5 * weights:.2f} GiB "
         "(1.5x weights). Timed cases interleaved in one process; each memory case in a fresh "
