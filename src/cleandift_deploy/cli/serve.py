@@ -128,9 +128,20 @@ def serve(
         return
     from ..serve.local import LocalServer
 
-    server = LocalServer(config, host, port).start()
+    server = LocalServer(share_threads(config, len(config.models)), host, port).start()
     server.wait_ready(ready_timeout)
     _serve_until_interrupted(server.url, server.stop)
+
+
+def share_threads(config: AppConfig, workers: int) -> AppConfig:
+    """Each model's thread count when the user gave none: the physical cores shared out among
+    the `workers` models (replicas x models) that run at once here, so none oversubscribes."""
+    from ..runtime.threads import threads_per_worker
+
+    if any(m.threads is not None for m in config.models):
+        return config
+    per_worker = threads_per_worker(workers)
+    return replace(config, models=tuple(replace(m, threads=per_worker) for m in config.models))
 
 
 def _serve_on_ray(
@@ -143,13 +154,11 @@ def _serve_on_ray(
     ready_timeout: float,
 ) -> None:
     from ..serve.ray_serve import ReplicaResources, deploy, wait_ready
-    from ..serve.ray_session import local_cpus, ray_session
+    from ..serve.ray_session import ray_session
 
     with ray_session(address, replicas) as local:
-        if local and all(m.threads is None for m in config.models):
-            per_replica = max(1, local_cpus(replicas) // replicas)
-            models = tuple(replace(m, threads=per_replica) for m in config.models)
-            config = replace(config, models=models)
+        if local:
+            config = share_threads(config, replicas * len(config.models))
         handle = deploy(config, ReplicaResources(replicas, 1.0, gpus), host, port)
         try:
             wait_ready(handle, ready_timeout)

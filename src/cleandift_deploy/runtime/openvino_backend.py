@@ -26,7 +26,7 @@ import torch
 from ..errors import CleanDiftError
 from ..manifest import Manifest
 from .onnx_backend import MANIFEST_METADATA_KEY, _check_embedded_manifest
-from .ort_session import physical_cores
+from .threads import physical_cores
 
 if TYPE_CHECKING:
     import openvino as ov

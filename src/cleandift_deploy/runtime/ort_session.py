@@ -8,7 +8,6 @@ the file on disk, which TensorRT also reads, is never changed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnx
@@ -16,6 +15,7 @@ import onnxruntime as ort
 
 from ..errors import CleanDiftError
 from .ort_attention import fuse_attention
+from .threads import physical_cores
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -24,21 +24,6 @@ _PROVIDERS = {
 _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 ERROR_SEVERITY = 3
 """ONNX Runtime's log severity for errors (0 verbose, 1 info, 2 warning, 3 error, 4 fatal)."""
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process: ONNX Runtime's best intra-op thread count.
-
-    Uses psutil when installed (a test extra); otherwise the logical count, which is the same on
-    machines without simultaneous multithreading.
-    """
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    logical = logical or 1
-    try:
-        import psutil
-    except ImportError:
-        return logical
-    return max(1, min(psutil.cpu_count(logical=False) or logical, logical))
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -32,7 +32,8 @@ from ..runtime.precision import EXACT, PrecisionRequest
 from ..runtime.preprocess import check_policy
 from ..runtime.request_checks import resolve_batch_size, resolve_image_size, select_taps
 from ..runtime.selection import ARTIFACT_KINDS, artifact_kind
-from .ray_session import local_cpus, ray_session
+from ..runtime.threads import threads_per_worker
+from .ray_session import ray_session
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def ray_extract_files(
         from ray.data import ActorPoolStrategy
 
         _quiet_ray_data()
-        threads = max(1, local_cpus(options.workers) // options.workers) if local else None
+        threads = threads_per_worker(options.workers) if local else None
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             BatchWriter,
             batch_size=1,
