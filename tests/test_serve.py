@@ -373,7 +373,9 @@ def test_page_routes_refuse_bad_input_and_keep_serving(server: str) -> None:
     assert _http(f"{server}/images/{unknown}")[0] == 404
     assert _post_json(f"{server}/similarity", good)[0] == 200
     paths = json.loads(_http(f"{server}/openapi.json")[1])["paths"]
-    assert {"/images", "/similarity", "/matches", "/features", "/match"} <= set(paths)
+    assert {"/images", "/similarity", "/matches", "/features", "/match", "/predict"} <= set(paths)
+    status, answer = _http(f"{server}/predict", png, "image/png")[:2]
+    assert status == 404 and b"no probe inside" in answer  # a features model: no map to return
     status, page, headers = _http(f"{server}/")
     assert status == 200 and b'id="source"' in page and "access-control-allow-origin" not in headers
 

@@ -1,13 +1,13 @@
 """THE app: one FastAPI definition carried by the local uvicorn server and by Ray Serve alike.
 
-Routes (all in the OpenAPI schema at `/openapi.json`): the page at `/` and its files under
-`/page/`; `POST /features`, `POST /match` (the feature server's API, `?model=` picks a served
+Routes (all in the OpenAPI schema at `/openapi.json`): the page at `/` and its files under `/page/`;
+`POST /features`, `POST /match`, `POST /predict` (the feature server's API, `?model=` picks a served
 model); `POST /images` (image bytes -> `{id, width, height}`, id = content hash), `GET
-/images/{id}`, `POST /similarity` (one point's heatmap over the target, best match and score),
-`POST /matches` (top-N (mutual) nearest-neighbour pairs); `GET /models`, `/healthz`, `/readyz`,
-`/manifest`, `/stats`. Client faults are 4xx with `{"error": "one line"}`; a request body past
-the limit is refused (413) while it streams in. No route reads a file path from the request: the
-page's files are read once at start-up into a fixed table. CORS stays off (same origin only).
+/images/{id}`, `POST /similarity` (one point's heatmap over the target, best match and score), `POST
+/matches` (top-N (mutual) nearest-neighbour pairs); `GET /models`, `/healthz`, `/readyz`,
+`/manifest`, `/stats`. Client faults are 4xx with `{"error": "one line"}`; a request body past the
+limit is refused (413) while it streams in. No route reads a file path from the request: the page's
+files are read once at start-up into a fixed table. CORS stays off (same origin only).
 """
 
 from __future__ import annotations
@@ -318,6 +318,22 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
         name = hub.name(model)
         batcher = hub.batchers[name]
         with batcher.arriving(2):
+            parsed = await _http_request(request)
+            return _response(await hub.services[name].handle(parsed, batcher))
+
+    @app.post(
+        "/predict",
+        response_class=Response,
+        summary="Image bytes -> the probe's map as PNG (a graph exported with --head)",
+        openapi_extra=IMAGE_BODY,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def predict(
+        request: Request, size: str | None = None, model: str | None = None
+    ) -> Response:
+        name = hub.name(model)
+        batcher = hub.batchers[name]
+        with batcher.arriving(1):
             parsed = await _http_request(request)
             return _response(await hub.services[name].handle(parsed, batcher))
 
