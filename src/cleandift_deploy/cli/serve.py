@@ -1,4 +1,4 @@
-"""CLI verbs of this subpackage, registered by `cleandift_deploy.cli`: `serve`."""
+"""`serve`: the feature server and the correspondence page (local uvicorn server, or Ray Serve)."""
 
 from __future__ import annotations
 
