@@ -23,7 +23,7 @@ from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.cache import FeatureCache
 from cleandift_deploy.eval.depth_metrics import image_depth_metrics
 from cleandift_deploy.eval.imagefolder import class_names, load_split
-from cleandift_deploy.eval.nyu import load_nyu
+from cleandift_deploy.eval.nyu import eigen_mask, load_nyu
 from cleandift_deploy.eval.probe_synthetic import SyntheticCounts, make_probe_synthetic
 from cleandift_deploy.eval.probes import (
     CachedFeatures,
@@ -228,6 +228,9 @@ def test_nyu_mat_and_splits(tmp_path: Path) -> None:
         load_nyu(tmp_path / "mm" / "nyu.mat", "train")[0].target()
     with pytest.raises(CleanDiftError, match="NYUv2 splits are train and test"):
         load_nyu(tmp_path / "nyu.mat", "val")
+    assert eigen_mask((480, 640)).sum() == (471 - 45) * (601 - 41)
+    with pytest.raises(CleanDiftError, match="480 x 640"):
+        eigen_mask((12, 16))
 
 
 def test_probe_channel_mismatch_names_both_numbers(source: CachedFeatures, tmp_path: Path) -> None:
