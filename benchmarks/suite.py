@@ -42,166 +42,52 @@ class Entry:
     title: str
     script: str
     full: tuple[str, ...] = ()
-    quick: tuple[str, ...] = ()
+    quick: tuple[str, ...] | None = ()
+    """None: not part of `make bench-quick`."""
     full_minutes: float = 10.0
     quick_seconds: float = 30.0
     needs_gpu: bool = False
 
 
+Q = "--quick"
 SUITE = (
-    Entry(
-        "matching",
-        "Matching kernels vs references and faiss",
-        "bench_matching.py",
-        (),
-        ("--quick",),
-        60,
-        40,
-    ),
-    Entry(
-        "eval_matching",
-        "Evaluator matching vs DIFT's procedure",
-        "bench_eval.py",
-        ("--pairs", "2000", "--per-category", "16", "--dift-pairs", "10"),
-        ("--pairs", "60", "--pool", "8", "--per-category", "4", "--dift-pairs", "1"),
-        12,
-        30,
-    ),
-    Entry(
-        "runtime_cpu",
-        "Image to us6 on the CPU: torch, ONNX Runtime, OpenVINO",
-        "bench_runtime_cpu.py",
-        (),
-        ("--arch", "tiny", "--sizes", "64", "--repeats", "3"),
-        90,
-        45,
-    ),
-    Entry(
-        "runtime_backends",
-        "PyTorch fp32 vs bf16 autocast on the CPU",
-        "bench_runtime_backends.py",
-        (),
-        ("--arch", "tiny", "--sizes", "64"),
-        30,
-        20,
-    ),
-    Entry(
-        "export",
-        "Export and TensorRT-RTX build",
-        "bench_export.py",
-        (),
-        ("--arch", "tiny", "--size", "64"),
-        10,
-        30,
-    ),
-    Entry(
-        "dift",
-        "DIFT ensemble: VAE once vs per copy",
-        "bench_dift.py",
-        (),
-        ("--arch", "tiny", "--size", "64", "--ensemble", "2", "--repeats", "2"),
-        25,
-        30,
-    ),
-    Entry(
-        "dinov2",
-        "DINOv2 and SD + DINOv2 fusion",
-        "bench_dinov2.py",
-        (),
-        (
-            "--arch",
-            "dinov2_tiny",
-            "--size",
-            "84",
-            "--sd-arch",
-            "tiny",
-            "--sd-size",
-            "64",
-            "--pairs",
-            "2",
-            "--parts",
-            "dino",
-            "fusion",
-        ),
-        30,
-        40,
-    ),
-    Entry(
-        "hedlin",
-        "Hedlin et al.: batched vs one-at-a-time",
-        "bench_hedlin.py",
-        (),
-        ("--cases", "tiny-quick"),
-        30,
-        60,
-    ),
-    Entry(
-        "hyperfeatures",
-        "Diffusion Hyperfeatures training and export",
-        "bench_hyperfeatures.py",
-        (),
-        ("--arch", "tiny", "--steps", "5", "--loop-steps", "2", "--repeats", "2"),
-        20,
-        40,
-    ),
-    Entry(
-        "distributed",
-        "Distributed training: 1 vs 2 processes",
-        "bench_distributed.py",
-        (),
-        (),
-        8,
-        90,
-    ),
-    Entry(
-        "train_step",
-        "One training step",
-        "bench_train_step.py",
-        (),
-        ("--arch", "tiny", "--latent", "8", "--repeats", "1"),
-        40,
-        40,
-    ),
-    Entry(
-        "triton_compile",
-        "Triton matching kernel compiled offline",
-        "bench_triton_compile.py",
-        (),
-        ("--quick",),
-        3,
-        40,
-    ),
-    Entry(
-        "serving",
-        "Serving load test",
-        "bench_serving.py",
-        (),
-        (
-            "--levels",
-            "1,4",
-            "--per-level",
-            "8",
-            "--similarity-clicks",
-            "3",
-            "--ray-images",
-            "8",
-            "--ray-image-size",
-            "64",
-        ),
-        10,
-        90,
-    ),
-    Entry(
-        "gpu_check",
-        "GPU matching kernels and TensorRT",
-        "bench_gpu.py",
-        (),
-        (),
-        5,
-        60,
-        needs_gpu=True,
-    ),
-)
+    Entry("matching", "Matching kernels vs references and faiss", "bench_matching.py",
+          (), (Q,), 60, 60),
+    Entry("eval_matching", "Evaluator matching vs DIFT's procedure", "bench_eval.py",
+          (), (Q, "--pool", "8"), 20, 40),
+    Entry("runtime_cpu", "Image to us6 on the CPU: torch, ONNX Runtime, OpenVINO",
+          "bench_runtime_cpu.py", (),
+          ("--arch", "tiny", "--sizes", "64", "--repeats", "3", "--workdir", "/tmp/bench-quick",
+           "--skip", "torch-bf16,ort-plain,ov-f32-onnx"), 90, 90),
+    Entry("runtime_backends", "PyTorch fp32 vs bf16 autocast on the CPU",
+          "bench_runtime_backends.py", (), ("--arch", "tiny", "--sizes", "64", "--repeats", "3"),
+          30, 30),
+    Entry("export", "Export and TensorRT-RTX build", "bench_export.py", (),
+          ("--arch", "tiny", "--size", "64"), 10, 60),
+    Entry("dift", "DIFT ensemble: VAE once vs per copy", "bench_dift.py", (),
+          ("--arch", "tiny", "--size", "64", "--ensemble", "2", "--repeats", "3"), 25, 40),
+    Entry("dinov2", "DINOv2 and SD + DINOv2 fusion", "bench_dinov2.py", (),
+          ("--arch", "dinov2_tiny", "--size", "84", "--sd-arch", "tiny", "--sd-size", "64",
+           "--parts", "dino", "fusion"), 30, 60),
+    Entry("hedlin", "Hedlin et al.: batched vs one-at-a-time", "bench_hedlin.py", (),
+          ("--cases", "tiny-quick"), 60, 40),
+    Entry("hyperfeatures", "Diffusion Hyperfeatures training and export",
+          "bench_hyperfeatures.py", (),
+          ("--arch", "tiny", "--steps", "5", "--loop-steps", "3", "--repeats", "3"), 20, 40),
+    Entry("train_step", "One training step", "bench_train_step.py", (),
+          ("--arch", "tiny", "--latent", "8", "--repeats", "2"), 40, 90),
+    Entry("triton_compile", "Triton matching kernel compiled offline", "bench_triton_compile.py",
+          (), (Q,), 3, 30),
+    Entry("distributed", "Distributed training: 1 vs 2 processes", "bench_distributed.py", (),
+          (Q,), 8, 90),
+    Entry("probes", "Probes: cached training and the fused depth graph", "bench_probes.py", (),
+          (Q,), 10, 90),
+    Entry("serving", "Serving: local server and Ray Serve, /similarity", "bench_serving.py", (),
+          ("--levels", "1,4", "--per-level", "8", "--similarity-clicks", "3", "--ray-images", "8",
+           "--ray-image-size", "64"), 10, 90),
+    Entry("gpu_check", "GPU matching kernels and TensorRT", "bench_gpu.py", (), (), 5, 60,
+          needs_gpu=True),
+)  # fmt: skip
 PLANNED = tuple(Planned(e.name, e.title, e.needs_gpu) for e in SUITE)
 
 
@@ -237,7 +123,7 @@ def record_skip(entry: Entry, context_file: Path, quick: bool, reason: str) -> N
 
 def run_entry(entry: Entry, quick: bool, env: dict[str, str]) -> tuple[int, float]:
     """Run one benchmark script; its exit status and seconds."""
-    args = entry.quick if quick else entry.full
+    args = (entry.quick or ()) if quick else entry.full
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(HERE / entry.script), *args], env=env, check=False)
     return done.returncode, time.perf_counter() - started
@@ -253,6 +139,8 @@ def main() -> int:
         write_index()
         return 0
     chosen = [e for e in SUITE if not args.only or e.name in args.only.split(",")]
+    if args.quick:
+        chosen = [e for e in chosen if e.quick is not None]
     print(estimate(chosen, args.quick), flush=True)
     failed = []
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as work:
