@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from harness.index import Planned, docs_nav, docs_pages, index_markdown  # noqa: E402
 from harness.results import SCHEMA, load_results, validate  # noqa: E402
 from harness.run import Benchmark  # noqa: E402
-from harness.timing import Protocol, Timing, measure  # noqa: E402
+from harness.timing import Protocol, Timing, measure, measure_interleaved  # noqa: E402
 
 from cleandift_deploy.runtime.machine import (  # noqa: E402
     Gpu,
@@ -159,6 +159,21 @@ def test_timing_protocol_on_a_fake_clock() -> None:
     )
     assert capped.samples == (4.0, 5.0)  # stopped once 8 s of timed runs had passed
     assert capped.busy and capped.load_before == (1.5, 1.0, 1.0)
+    assert Timing.from_dict(json.loads(json.dumps(capped.to_dict()))) == capped
+
+
+def test_interleaved_protocol_alternates_cases_on_a_fake_clock() -> None:
+    order: list[str] = []
+    ticks = iter(float(t) for t in [0, 1, 1, 3, 3, 4, 4, 7])
+    timings = measure_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+        Protocol(warmup=1, repeats=2),
+        clock=lambda: next(ticks),
+        load=lambda: (0.0, 0.0, 0.0),
+        own_threads=1,
+    )
+    assert order == ["a", "b", "a", "b", "a", "b"]  # warm-up round, then A B A B
+    assert timings["a"].samples == (1.0, 1.0) and timings["b"].samples == (2.0, 3.0)
 
 
 def test_index_puts_two_machines_side_by_side_with_ceiling_ratios(tmp_path: Path) -> None:
