@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .render import busy_text, ceiling_text, fmt, markdown, table
+from .render import busy_text, ceiling_text, fmt, markdown, percent, table
 from .results import RESULTS, load_legacy, load_results
 
 GENERATED = (
@@ -37,7 +37,7 @@ def _cell(figure: dict[str, Any]) -> str:
     text = f"{fmt(figure['value'])} {figure['unit']}"
     rate = figure.get("rate")
     if rate and rate.get("ratio") is not None:
-        text += f" ({fmt(rate['value'])} {rate['unit']}, {rate['ratio']:.0%} of {rate['ceiling']})"
+        text += f" ({fmt(rate['value'])} {rate['unit']}, {percent(rate['ratio'])} of {rate['ceiling']})"
     timing = figure.get("timing")
     if timing and timing.get("busy"):
         text += " (busy)"

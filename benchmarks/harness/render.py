@@ -21,6 +21,11 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def percent(ratio: float) -> str:
+    """A ratio as a percentage with two significant digits below 10%."""
+    return f"{ratio:.0%}" if ratio >= 0.1 else f"{100 * ratio:.2g}%"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """A Markdown table's lines."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
