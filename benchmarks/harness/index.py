@@ -37,7 +37,8 @@ def _cell(figure: dict[str, Any]) -> str:
     text = f"{fmt(figure['value'])} {figure['unit']}"
     rate = figure.get("rate")
     if rate and rate.get("ratio") is not None:
-        text += f" ({fmt(rate['value'])} {rate['unit']}, {percent(rate['ratio'])} of {rate['ceiling']})"
+        share = f"{percent(rate['ratio'])} of {rate['ceiling']}"
+        text += f" ({fmt(rate['value'])} {rate['unit']}, {share})"
     timing = figure.get("timing")
     if timing and timing.get("busy"):
         text += " (busy)"
