@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from harness.context import CONTEXT_ENV, QUICK_ENV, save_context
 from harness.index import Planned, docs_nav, docs_pages, index_markdown
-from harness.results import RESULTS
+from harness.render import markdown
+from harness.results import RESULTS, load_results
 from harness.run import Benchmark
 
 from cleandift_deploy.atomic import write_text_atomic
@@ -100,7 +101,11 @@ def estimate(entries: list[Entry], quick: bool) -> str:
 
 
 def write_index(root: Path = RESULTS, docs: Path = DOCS, mkdocs: Path = MKDOCS) -> None:
-    """Regenerate benchmarks/results/README.md, the docs' performance pages and their nav."""
+    """Regenerate each results file's Markdown from its JSON, benchmarks/results/README.md, the
+    docs' performance pages and their nav."""
+    for record in load_results(root):
+        path = root / record.pop("_path")
+        write_text_atomic(path.with_suffix(".md"), markdown(record))
     write_text_atomic(root / "README.md", index_markdown(root, PLANNED))
     if docs.parent.is_dir():
         docs.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from harness.index import Planned, docs_nav, docs_pages, index_markdown  # noqa: E402
+from harness.render import markdown  # noqa: E402
 from harness.results import SCHEMA, load_results, validate  # noqa: E402
 from harness.run import Benchmark  # noqa: E402
 from harness.timing import Protocol, Timing, measure, measure_interleaved  # noqa: E402
@@ -241,6 +242,9 @@ def test_index_and_docs_pages_are_regenerated_from_the_results() -> None:
 
     root = REPO / "benchmarks" / "results"
     assert load_results(root) or (root / "README.md").exists()
+    for record in load_results(root):
+        path = root / record.pop("_path")
+        assert path.with_suffix(".md").read_text() == markdown(record), f"{path}: make bench-index"
     current = (root / "README.md").read_text()
     assert current == index_markdown(root, PLANNED), "run `make bench-index`"
     if DOCS.is_dir():

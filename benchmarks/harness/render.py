@@ -70,7 +70,7 @@ def figure_rows(figures: Sequence[dict[str, Any]]) -> list[list[Any]]:
                 "-" if not rate else f"{fmt(rate['value'])} {rate['unit']}",
                 "-"
                 if not rate or rate.get("ratio") is None
-                else f"{rate['ratio']:.0%} of {rate['ceiling']}",
+                else f"{percent(rate['ratio'])} of {rate['ceiling']}",
             ]
         )
     return rows
