@@ -121,9 +121,9 @@ def test_missing_inputs_and_models(
     out = str(tmp_path / "o")
     assert run_cli(["extract", "--model", str(artifact), str(tmp_path / "none"), "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert (
-        run_cli(["extract", "--model", str(tmp_path / "m.onnx"), str(tmp_path), "--out", out]) == 2
-    )
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)  # an empty folder is refused first
+    assert run_cli(["extract", "--model", str(tmp_path / "m.onnx"), str(image), "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -77,9 +77,8 @@ def test_missing_or_corrupt_manifest(artifact: Path, tmp_path: Path) -> None:
     sidecar_path(copy).write_text("{not json")
     with pytest.raises(CleanDiftError, match="not valid JSON"):
         FeatureExtractor.load(copy)
-    sidecar_path(copy).unlink()
-    with pytest.raises(CleanDiftError, match="no manifest at"):
-        FeatureExtractor.load(copy)
+    sidecar_path(copy).unlink()  # the graph alone: the manifest in its metadata is used
+    assert FeatureExtractor.load(copy).manifest == FeatureExtractor.load(artifact).manifest
 
 
 def test_sidecar_of_another_model(artifact: Path, tmp_path: Path) -> None:
@@ -92,7 +91,7 @@ def test_sidecar_of_another_model(artifact: Path, tmp_path: Path) -> None:
 def test_corrupt_graph(artifact: Path, tmp_path: Path) -> None:
     copy = _copy(artifact, tmp_path)
     copy.write_bytes(copy.read_bytes()[:5000])
-    with pytest.raises(CleanDiftError, match=r"not a readable ONNX model|cannot load"):
+    with pytest.raises(CleanDiftError, match=r"is damaged|cannot load"):
         FeatureExtractor.load(copy)
 
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .atomic import write_text_atomic
 from .errors import CleanDiftError
+
+if TYPE_CHECKING:
+    import onnx
+
+MANIFEST_KEY = "cleandift_deploy.manifest"
+"""The ONNX `metadata_props` key that holds the manifest JSON."""
 
 FORMAT_VERSION = 1
 """Bumped whenever a field changes meaning; the runtime refuses other versions."""
@@ -202,3 +208,39 @@ def source_onnx(artifact: Path, manifest: Manifest) -> Path | None:
     name = manifest.build.get("onnx")
     source = artifact.with_name(str(name)) if name else None
     return source if source is not None and source.suffix == ".onnx" and source.is_file() else None
+
+
+def read_onnx_header(path: Path) -> onnx.ModelProto:
+    """The ONNX graph at `path` without its external weights; a file that does not parse (cut
+    short by a copy or download, or not ONNX at all) is named as damaged, in one line."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, OSError, ... for unreadable files
+        raise CleanDiftError(
+            f"{path} is damaged: not a complete ONNX model ({type(err).__name__}), perhaps cut "
+            "short by a copy or download; copy it again or re-export it"
+        ) from None
+
+
+def read_manifest_metadata(path: Path) -> Manifest:
+    """The manifest stored in an ONNX file's metadata (every export writes it there)."""
+    for prop in read_onnx_header(path).metadata_props:
+        if prop.key == MANIFEST_KEY:
+            return Manifest.from_json(prop.value, f"manifest in {path}")
+    raise CleanDiftError(f"{path} carries no cleandift manifest: export it with this toolkit")
+
+
+def artifact_manifest(path: Path) -> Manifest:
+    """An artifact's manifest: the JSON sidecar, else (ONNX) the one in the graph's metadata, so
+    a graph copied alone (or Triton's `1/model.onnx`) opens as it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise CleanDiftError(f"{path} does not exist: give an exported .onnx or a built engine")
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        return Manifest.load(sidecar)
+    if path.suffix == ".onnx":
+        return read_manifest_metadata(path)
+    raise CleanDiftError(f"no manifest {sidecar.name} beside {path.name}: rebuild the engine")

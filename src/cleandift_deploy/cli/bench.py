@@ -56,7 +56,7 @@ def bench(
     from rich.console import Console
 
     from ..errors import CleanDiftError
-    from ..manifest import Manifest, sidecar_path
+    from ..manifest import artifact_manifest
     from ..runtime.bench import BenchBudget, BenchCase, check_case
     from ..runtime.bench_report import BenchRequest, print_table, run_bench, write_outputs
     from ..runtime.selection import artifact_kind
@@ -66,7 +66,7 @@ def bench(
     if (iterations is not None and iterations < 1) or warmup < 0:
         raise CleanDiftError("--iterations must be at least 1 and --warmup at least 0")
     artifact_kind(artifact)
-    manifest = Manifest.load(sidecar_path(artifact))
+    manifest = artifact_manifest(artifact)
     batches = (
         parse_batch_sizes(batch)
         or tuple(b for b in DEFAULT_BATCHES if manifest.batch.contains(b))

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from ..errors import CleanDiftError
 from ..runtime.selection import BACKENDS
@@ -26,13 +25,24 @@ def _say_selection(selection: Selection) -> None:
 
 
 def _summarise(report: ExtractReport, out: Path) -> None:
-    console = Console(stderr=True)
-    console.print(
-        f"{len(report.written)} written, {len(report.skipped)} skipped (already in {out}; "
-        f"--overwrite to redo), {len(report.failed)} unreadable"
-    )
+    """One unwrapped line when all went well or one image failed; a list under it for more."""
+    skipped = len(report.skipped)
+    line = f"{len(report.written)} written, {skipped} skipped"
+    if skipped:
+        line += f" (already in {out}; --overwrite to redo)"
+    if not report.failed:
+        click.echo(line, err=True)
+        return
+    advice = "fix or remove {}, then run again (what was written is kept and skipped)"
+    if len(report.failed) == 1:
+        reason = report.failed[0][1]
+        line += f", 1 unreadable: {reason}: {advice.format('it')}"
+        click.echo(line, err=True)
+        return
+    line += f", {len(report.failed)} unreadable: {advice.format('them')}:"
+    click.echo(line, err=True)
     for _, reason in report.failed:
-        console.print(f"  unreadable: {reason}", markup=False, highlight=False)
+        click.echo(f"  {reason}", err=True)
 
 
 @click.command()

@@ -34,7 +34,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def _serve_until_interrupted(url: str, stop: Callable[[], None] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     click.echo(f"the page: {url}/")
-    click.echo(f"the API: {url}/docs (features, match, images, similarity, matches); Ctrl-C stops")
+    click.echo(f"the API: {url}/docs (features, match, images, similarity, matches)")
+    click.echo("Ctrl-C or SIGTERM (`kill PID`) stops it cleanly")
     try:
         while True:
             time.sleep(1.0)
@@ -102,8 +103,8 @@ def serve(
     min_agreement: float,
 ) -> None:
     """HTTP feature server and the correspondence page for one or more models, with dynamic
-    batching, in the foreground until Ctrl-C: a local server (uvicorn) by default, Ray Serve
-    with --ray."""
+    batching, in the foreground until Ctrl-C or SIGTERM (`kill PID`: both stop it cleanly): a
+    local server (uvicorn) by default, Ray Serve with --ray."""
     from ..serve.app import FeatureService, ServeConfig
     from ..serve.hub import AppConfig
     from ..serve.inputs import Limits

@@ -37,7 +37,8 @@ def triton_repo(
     force: bool,
 ) -> None:
     """Write a Triton model repository (config.pbtxt checked against Triton's schema)."""
-    from ..serve.triton_config import RepoOptions
+    from ..manifest import artifact_manifest
+    from ..serve.triton_config import RepoOptions, batching_note
     from ..serve.triton_repo import write_repository
     from .options import parse_batch_sizes
 
@@ -51,6 +52,9 @@ def triton_repo(
     )
     for folder in write_repository(list(artifacts), repo, options, name=name, force=force):
         click.echo(f"wrote {folder}")
+    notes = {batching_note(artifact_manifest(p), options) for p in artifacts}
+    for note in sorted(n for n in notes if n):
+        click.echo(f"note: {note}", err=True)
     click.echo(f"serve with: tritonserver --model-repository {repo.resolve()}")
 
 

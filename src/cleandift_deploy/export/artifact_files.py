@@ -12,12 +12,8 @@ from pathlib import Path
 import onnx
 
 from ..atomic import refuse_existing
-from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import MANIFEST_KEY, Manifest, read_manifest_metadata, sidecar_path
 from .cleanup import weight_bytes
-
-MANIFEST_KEY = "cleandift_deploy.manifest"
-"""The ONNX `metadata_props` key that holds the manifest JSON."""
 
 
 def data_path(onnx_path: Path) -> Path:
@@ -91,15 +87,4 @@ def publish(staged_onnx: Path, out: Path, manifest: Manifest) -> None:
     manifest.save(sidecar_path(out))
 
 
-def read_manifest_metadata(path: Path) -> Manifest:
-    """The manifest stored in an ONNX file's metadata."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise CleanDiftError(
-            f"{path} is not a readable ONNX model ({type(err).__name__}): re-export it"
-        ) from None
-    for prop in model.metadata_props:
-        if prop.key == MANIFEST_KEY:
-            return Manifest.from_json(prop.value, f"manifest in {path}")
-    raise CleanDiftError(f"{path} carries no cleandift manifest: export it with this toolkit")
+__all__ = ["MANIFEST_KEY", "read_manifest_metadata"]  # moved to manifest.py (runtime needs them)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import Manifest, artifact_manifest
 from ..models.dinov2 import DinoFeatures, is_dinov2
 from ..models.graph_module import ExportGraph
 from ..models.graph_shapes import ShapePlan
@@ -19,7 +19,6 @@ from ..models.provenance import (
     reload_unet,
 )
 from .agreement import TapAgreement, compare_outputs, failures
-from .artifact_files import read_manifest_metadata
 from .artifact_runners import Batches, run_artifact
 from .dinov2_export import dino_batches
 from .golden import load_golden, save_golden
@@ -40,18 +39,6 @@ class Comparison:
     agreement: dict[str, TapAgreement]
     failures: list[str]
     precision: str
-
-
-def artifact_manifest(path: Path) -> Manifest:
-    """An artifact's manifest: the JSON sidecar, else (ONNX) the one in the file's metadata."""
-    if not path.is_file():
-        raise CleanDiftError(f"{path} does not exist: give an exported .onnx or a built engine")
-    sidecar = sidecar_path(path)
-    if sidecar.is_file():
-        return Manifest.load(sidecar)
-    if path.suffix == ".onnx":
-        return read_manifest_metadata(path)
-    raise CleanDiftError(f"no manifest {sidecar.name} beside {path.name}: rebuild the engine")
 
 
 def reference_module(manifest: Manifest, source: str | None) -> ExportGraph:

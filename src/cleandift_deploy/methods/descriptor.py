@@ -37,9 +37,9 @@ def _sd_extractor(options: MethodOptions, preset: Preset, size: int | None) -> F
     from ..runtime.torch_reference import ReferenceSpec
 
     if options.model is not None:
-        from ..manifest import Manifest, sidecar_path
+        from ..manifest import artifact_manifest
 
-        manifest = Manifest.load(sidecar_path(options.model))
+        manifest = artifact_manifest(options.model)
         side = size_within(manifest, size or preset.sd_size, manifest.input.multiple)
         return FeatureExtractor.load(
             options.model, options.backend, taps=preset.sd_taps, image_size=side,
@@ -56,14 +56,14 @@ def _sd_extractor(options: MethodOptions, preset: Preset, size: int | None) -> F
 
 
 def _dino_extractor(options: MethodOptions, size: int | None) -> FeatureExtractor:
-    from ..manifest import Manifest, sidecar_path
+    from ..manifest import artifact_manifest
     from ..models.dinov2 import PATCH, default_dino_size, resolve_dino
     from ..runtime.extractor import FeatureExtractor
     from ..runtime.fusion import size_within
     from ..runtime.torch_reference import build_dino_reference
 
     if options.dino is not None:
-        manifest = Manifest.load(sidecar_path(options.dino))
+        manifest = artifact_manifest(options.dino)
         side = size_within(manifest, size or default_dino_size(manifest.arch), PATCH)
         return FeatureExtractor.load(options.dino, options.backend, image_size=side)
     arch, source = options.settings.get("dino_arch"), options.settings.get("dino_source")

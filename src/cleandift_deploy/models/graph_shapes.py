@@ -59,8 +59,14 @@ def plan_ranges(
         (h_min, w_min), (h_max, w_max) = size_range
         if not explicit_size:
             height, width = h_max, w_max
-    for h, w in ((height, width), (h_min, w_min), (h_max, w_max)):
-        check_size(h, w)
+    refused = []  # every bad size in one line: fixing one should not reveal the next
+    for h, w in dict.fromkeys(((h_min, w_min), (h_max, w_max), (height, width))):
+        try:
+            check_size(h, w)
+        except CleanDiftError as err:
+            refused.append(str(err))
+    if refused:
+        raise CleanDiftError("; ".join(refused))
     if not (h_min <= height <= h_max and w_min <= width <= w_max):
         raise CleanDiftError(
             f"image size {height}x{width} lies outside the size range "

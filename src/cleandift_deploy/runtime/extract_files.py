@@ -72,6 +72,16 @@ def plan_jobs(inputs: Sequence[Path], out: Path) -> list[Job]:
             jobs.append(Job(given, out / (given.name + OUTPUT_SUFFIX)))
         else:
             raise CleanDiftError(f"{given} does not exist: give image files or folders")
+    if not jobs:
+        looked = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise CleanDiftError(
+            f"no images in {', '.join(str(g) for g in inputs)} (looked for {looked}, in "
+            "subfolders too): give a folder or files with one of these extensions"
+        )
+    if out.exists() and not out.is_dir():
+        raise CleanDiftError(
+            f"--out {out} is a file: give a folder (one features file per image goes into it)"
+        )
     outputs = [job.output for job in jobs]
     if len(set(outputs)) != len(outputs):
         raise CleanDiftError(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import Manifest, artifact_manifest, sidecar_path
 from ..models import validate_taps
 from ..models.dinov2 import is_dinov2
 from ..models.loading import LoadedUNet, resolve_source
@@ -113,7 +113,7 @@ class FeatureExtractor:
         """
         path = Path(path)
         kind = artifact_kind(path)
-        manifest = Manifest.load(sidecar_path(path))
+        manifest = artifact_manifest(path)
         if manifest.kind != kind:
             raise CleanDiftError(
                 f"{sidecar_path(path).name} describes a {manifest.kind} artifact, but {path.name} "

@@ -18,7 +18,7 @@ import torch
 
 from ..descriptors import PcaBasis, Preset, describe, describe_pair, get_preset
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import Manifest, artifact_manifest
 from .extractor import FeatureExtractor
 from .preprocess import ImageInput, Placement
 
@@ -115,14 +115,14 @@ class FusionExtractor:
         """Open the artifacts of a preset; sizes default to the preset's (960 / 840 px) when
         the artifact's range holds them, else to the artifact's optimal size."""
         spec = get_preset(preset) if isinstance(preset, str) else preset
-        sd_manifest = Manifest.load(sidecar_path(Path(model)))
+        sd_manifest = artifact_manifest(Path(model))
         size = size_within(sd_manifest, sd_size or spec.sd_size, sd_manifest.input.multiple)
         sd = FeatureExtractor.load(
             model, backend, taps=spec.sd_taps, image_size=size, resize=spec.sd_resize
         )
         dino_extractor = None
         if spec.dino and dino is not None:
-            dino_manifest = Manifest.load(sidecar_path(Path(dino)))
+            dino_manifest = artifact_manifest(Path(dino))
             side = size_within(dino_manifest, dino_size or spec.dino_size, 14)
             dino_extractor = FeatureExtractor.load(dino, backend, image_size=side)
         return cls(spec, sd, dino_extractor, bases=bases, pca_method=pca_method)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest
+from ..manifest import Manifest, read_onnx_header
 from .onnx_backend import MANIFEST_METADATA_KEY, _check_embedded_manifest
 from .threads import physical_cores
 
@@ -90,16 +90,9 @@ def intermediate_representation(
 
 def _check_artifact(path: Path, manifest: Manifest) -> None:
     """The file exists, is ONNX, and carries the manifest beside it (read without weights)."""
-    import onnx
-
     if not path.is_file():
         raise CleanDiftError(f"{path} does not exist: export the model first")
-    try:
-        header = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises DecodeError, OSError, ... for unreadable files
-        raise CleanDiftError(
-            f"{path} is not a readable ONNX model ({error}): re-export it"
-        ) from None
+    header = read_onnx_header(path)
     metadata = {p.key: p.value for p in header.metadata_props}
     _check_embedded_manifest(path, metadata.get(MANIFEST_METADATA_KEY), manifest)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 
 from ..errors import CleanDiftError
+from ..manifest import read_onnx_header
 from .ort_attention import fuse_attention
 from .threads import physical_cores
 
@@ -55,12 +55,7 @@ def _cpu_graph(path: Path) -> tuple[bytes, int]:
 
     Weights stay in their external file: only the graph structure is loaded and rewritten.
     """
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises DecodeError, OSError, ... for unreadable files
-        raise CleanDiftError(
-            f"{path} is not a readable ONNX model ({error}): re-export it"
-        ) from None
+    model = read_onnx_header(path)
     fused = fuse_attention(model)
     return model.SerializeToString(), fused
 

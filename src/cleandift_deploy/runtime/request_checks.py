@@ -14,7 +14,6 @@ import torch
 from ..errors import CleanDiftError
 from ..manifest import Manifest
 from ..models import validate_taps
-from ..models.shapes import check_multiple
 from ..models.taps import LATENT_STRIDE
 
 
@@ -41,16 +40,50 @@ def select_taps(manifest: Manifest, taps: Sequence[str] | None) -> tuple[str, ..
     return wanted
 
 
+def _sides_inside(low: int, high: int, side: int, multiple: int) -> tuple[int, ...]:
+    """The valid sides nearest `side` that lie in low..high (multiples of `multiple`)."""
+    first, last = -(-low // multiple) * multiple, high // multiple * multiple
+    if first > last:
+        return ()
+    near = min(max(side, first), last)
+    below, above = near // multiple * multiple, -(-near // multiple) * multiple
+    return tuple(dict.fromkeys(min(max(s, first), last) for s in (below, above)))
+
+
+def sizes_inside(manifest: Manifest, height: int, width: int) -> list[str]:
+    """The valid HxW sizes nearest a requested one that the artifact's profile accepts."""
+    multiple = manifest.input.multiple
+    heights = _sides_inside(manifest.height.min, manifest.height.max, height, multiple)
+    widths = _sides_inside(manifest.width.min, manifest.width.max, width, multiple)
+    if not heights or not widths:
+        return []
+    pairs = ((heights[0], widths[0]), (heights[-1], widths[-1]))
+    return list(dict.fromkeys(f"{h}x{w}" for h, w in pairs))
+
+
 def resolve_image_size(manifest: Manifest, size: tuple[int, int] | None) -> tuple[int, int]:
-    """The H x W images are fitted to: `size`, or the manifest's optimal size, inside its range."""
+    """The H x W images are fitted to: `size`, or the manifest's optimal size, inside its range.
+
+    A refused size comes with the nearest sizes the artifact accepts (multiples of its input
+    multiple, inside its profile), never a suggestion the profile would refuse again."""
     height, width = size if size is not None else (manifest.height.opt, manifest.width.opt)
-    check_multiple("image", height, width, manifest.input.multiple)
-    if not (manifest.height.contains(height) and manifest.width.contains(width)):
+    multiple = manifest.input.multiple
+    inside = manifest.height.contains(height) and manifest.width.contains(width)
+    problems = (
+        []
+        if height % multiple == 0 and width % multiple == 0
+        else [f"(HxW) is not a multiple of {multiple}"]
+    )
+    if not inside:
+        problems.append(
+            f"is outside the model's range {manifest.height.min}..{manifest.height.max} x "
+            f"{manifest.width.min}..{manifest.width.max} (HxW)"
+        )
+    if problems:
+        suggestion = " or ".join(sizes_inside(manifest, height, width)) or "a size inside it"
+        wider = "" if inside else ", or re-export with a wider --size-range"
         raise CleanDiftError(
-            f"image size {height}x{width} is outside the model's range "
-            f"{manifest.height.min}..{manifest.height.max} x "
-            f"{manifest.width.min}..{manifest.width.max} (HxW): pick a size inside it, "
-            "or re-export with a wider --size-range"
+            f"image size {height}x{width} {' and '.join(problems)}: use {suggestion}{wider}"
         )
     return height, width
 

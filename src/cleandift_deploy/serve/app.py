@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import artifact_manifest
 from ..runtime.extract_files import feature_file_bytes, feature_metadata
 from ..runtime.extractor import FeatureExtractor
 from ..runtime.precision import EXACT, PrecisionRequest
@@ -165,7 +165,7 @@ class FeatureService:
         path = Path(config.artifact)
         artifact_kind(path)
         self.config = config
-        self.manifest = Manifest.load(sidecar_path(path))
+        self.manifest = artifact_manifest(path)
         self.manifest_sha256 = manifest_sha256(self.manifest)
         self.stats = BatchStats()
         self.extractor: FeatureExtractor | None = None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path
+from ..manifest import artifact_manifest
 from ..runtime.extract_files import (
     ExtractReport,
     Job,
@@ -68,7 +68,7 @@ def planned_batch_size(spec: ModelSpec) -> int:
         return spec.batch_size or 1
     path = Path(spec.model)
     artifact_kind(path)
-    manifest = Manifest.load(sidecar_path(path))
+    manifest = artifact_manifest(path)
     select_taps(manifest, spec.taps)
     resolve_image_size(manifest, spec.image_size)
     if spec.resize is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CleanDiftError
-from ..manifest import Manifest
+from ..manifest import Manifest, read_onnx_header
 from .pbtxt import Enum, to_pbtxt
 
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 10: "TYPE_FP16", 16: "TYPE_BF16"}
@@ -44,14 +44,7 @@ class RepoOptions:
 
 def onnx_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of an ONNX graph (its weights are not read); dynamic dims are -1."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as err:
-        raise CleanDiftError(
-            f"{path} is not a readable ONNX model ({type(err).__name__}): re-export it"
-        ) from None
+    graph = read_onnx_header(path).graph
     initialisers = {t.name for t in graph.initializer}
 
     def spec(value: Any) -> TensorSpec:
@@ -113,6 +106,19 @@ def batch_settings(manifest: Manifest, options: RepoOptions) -> tuple[int, tuple
     if wrong:
         raise CleanDiftError(f"--preferred-batch {wrong} must lie within 1..{largest}")
     return largest, tuple(sorted(set(preferred)))
+
+
+def batching_note(manifest: Manifest, options: RepoOptions) -> str | None:
+    """Why a model gets no dynamic batching: with `max_batch_size` 1 it would only make each
+    request wait the queue delay for a partner it can never have (None when batching is on)."""
+    largest = options.max_batch or manifest.batch.max
+    if largest > 1:
+        return None
+    why = "--max-batch 1" if options.max_batch else f"the model's largest batch is {largest}"
+    return (
+        f"{why}, so dynamic batching is left out (it would only delay each request): "
+        "re-export with --batch 1:OPT:MAX (MAX > 1) to batch requests"
+    )
 
 
 def opt_input_dims(spec: TensorSpec, manifest: Manifest) -> list[int]:
@@ -179,7 +185,6 @@ def model_config(
         "max_batch_size": largest,
         "input": [_tensor(s) for s in inputs],
         "output": [_tensor(s) for s in outputs],
-        "dynamic_batching": batching,
         "instance_group": [
             {
                 "count": options.instances,
@@ -188,6 +193,8 @@ def model_config(
         ],
         "model_warmup": _warmup(inputs, manifest),
     }
+    if largest > 1:
+        fields["dynamic_batching"] = batching
     if tensorrt:
         assert plans is not None
         by_cc = {cc: file for cc, file in plans.items() if cc}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..errors import CleanDiftError
-from ..manifest import Manifest, sidecar_path, source_onnx
+from ..manifest import Manifest, artifact_manifest, source_onnx
 from .triton_config import (
     RepoOptions,
     TensorSpec,
@@ -68,7 +68,7 @@ def group_models(artifacts: Sequence[Path], name: str | None = None) -> list[Rep
             raise CleanDiftError(
                 f"{path.name} is not a model artifact: give .onnx or .engine files"
             )
-        manifest = Manifest.load(sidecar_path(path))
+        manifest = artifact_manifest(path)
         kind = "onnx" if path.suffix == ".onnx" else "engine"
         stem = (
             path.stem if kind == "onnx" else Path(str(manifest.build.get("onnx", path.stem))).stem
@@ -163,9 +163,15 @@ def write_repository(
     for model in models:
         if (repo / model.name).exists() and not force:
             raise CleanDiftError(f"{repo / model.name} already exists: pass --force to replace it")
+    created = not repo.exists()
     written = []
-    for model in models:
-        written.append(_publish(model, repo, options))
+    try:
+        for model in models:
+            written.append(_publish(model, repo, options))
+    except BaseException:
+        if created:  # bad input leaves nothing behind: not even the folder it made
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
     return written
 
 
