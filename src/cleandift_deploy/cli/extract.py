@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.console import Console
 
 from ..errors import CleanDiftError
 from ..runtime.selection import BACKENDS
