@@ -143,7 +143,12 @@ def main() -> int:
     if args.index:
         write_index()
         return 0
-    chosen = [e for e in SUITE if not args.only or e.name in args.only.split(",")]
+    names = [n for n in args.only.split(",") if n]
+    by_name = {e.name: e for e in SUITE}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        parser.error(f"unknown benchmarks {', '.join(unknown)}; known: {', '.join(by_name)}")
+    chosen = [by_name[n] for n in names] if names else list(SUITE)  # --only keeps its order
     if args.quick:
         chosen = [e for e in chosen if e.quick is not None]
     print(estimate(chosen, args.quick), flush=True)
