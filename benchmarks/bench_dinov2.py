@@ -35,7 +35,6 @@ from harness.timing import Protocol, Timing, measure
 from PIL import Image
 from rich.progress import Progress
 
-from cleandift_deploy.descriptors import PRESETS
 from cleandift_deploy.eval.datasets import load_pairs
 from cleandift_deploy.eval.photoset import make_synthetic
 from cleandift_deploy.eval.protocol import MethodOptions
@@ -43,6 +42,7 @@ from cleandift_deploy.eval.scoring import evaluate
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.agreement import tap_agreement
 from cleandift_deploy.export.dinov2_export import DinoExportOptions, export_dinov2
+from cleandift_deploy.methods.catalog import PRESETS
 from cleandift_deploy.methods.registry import build_method
 from cleandift_deploy.models import random_unet
 from cleandift_deploy.models.dinov2 import random_dino
@@ -117,7 +117,7 @@ def fusion_part(
         taps=("us2", "us5", "us8"), image_size=(sd_size, sd_size), check_agreement=False
     )
     export_onnx(random_unet(sd_arch, seed), sd_path, options)
-    fusion = FusionExtractor.load("geoaware", sd_path, dino_path)
+    fusion = FusionExtractor.load(PRESETS["geoaware"], sd_path, dino_path)
     source, target = random_images(2, (480, 640), seed + 1)
     points = torch.tensor([[100.0, 200.0], [320.0, 240.0], [600.0, 50.0]])
     stages: dict[str, list[float]] = {"sd": [], "dino": [], "descriptor": [], "match": []}

@@ -11,13 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from cleandift_deploy.descriptors import (
-    PRESETS,
     PcaBasis,
     co_pca,
     co_pca_maps,
     describe,
     describe_pair,
-    get_preset,
     load_bases,
     normalise_parts,
     progressive_concat,
@@ -25,6 +23,7 @@ from cleandift_deploy.descriptors import (
 )
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.kernels import match_dense
+from cleandift_deploy.methods.catalog import PRESETS, get_preset
 
 
 def _spread_rows(n: int, c: int) -> torch.Tensor:

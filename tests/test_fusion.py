@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from cleandift_deploy.descriptors import PRESETS
 from cleandift_deploy.errors import CleanDiftError
 from cleandift_deploy.eval.datasets import load_pairs
 from cleandift_deploy.eval.photoset import make_synthetic
 from cleandift_deploy.eval.protocol import MethodOptions, PairSample
 from cleandift_deploy.export import ExportOptions, export_onnx
 from cleandift_deploy.export.dinov2_export import DinoExportOptions, export_dinov2
+from cleandift_deploy.methods.catalog import PRESETS, get_preset
 from cleandift_deploy.methods.registry import build_method
 from cleandift_deploy.models.dinov2 import random_dino
 from cleandift_deploy.models.loading import LoadedUNet
@@ -58,8 +58,8 @@ def test_onnx_fusion_matches_the_pytorch_references(
 ) -> None:
     sd, dino = artifacts
     source, target = _images()[0], torch.randint(0, 256, (120, 80, 3), dtype=torch.uint8).numpy()
-    onnx = FusionExtractor.load(preset, sd, dino)
-    reference = FusionExtractor.load(preset, sd, dino, backend="torch")
+    onnx = FusionExtractor.load(get_preset(preset), sd, dino)
+    reference = FusionExtractor.load(get_preset(preset), sd, dino, backend="torch")
     found = onnx.describe_images(source, target)
     expected = reference.describe_images(source, target)
     assert found.source.shape == expected.source.shape
@@ -76,7 +76,7 @@ def test_onnx_fusion_matches_the_pytorch_references(
 
 
 def test_geoaware_part_norms(artifacts: tuple[Path, Path]) -> None:
-    fusion = FusionExtractor.load("geoaware", *artifacts)
+    fusion = FusionExtractor.load(get_preset("geoaware"), *artifacts)
     features = fusion.features(_images()[0])
     descriptor = fusion.descriptor(features)
     sd_channels = sum(features.sd[t].shape[0] for t in ("us8", "us5", "us2"))
@@ -90,7 +90,7 @@ def test_geoaware_part_norms(artifacts: tuple[Path, Path]) -> None:
 def test_an_image_matched_with_itself_lands_within_a_cell(
     artifacts: tuple[Path, Path], preset: str
 ) -> None:
-    fusion = FusionExtractor.load(preset, *artifacts)
+    fusion = FusionExtractor.load(get_preset(preset), *artifacts)
     image = _images()[0]
     pair: PairDescriptors = fusion.describe_images(image, image)
     points = torch.tensor([[10.0, 20.0], [75.0, 45.0], [140.0, 80.0]])
@@ -114,9 +114,9 @@ def test_placement_mapping_round_trips() -> None:
 
 def test_fusion_presets_need_a_dino_model(artifacts: tuple[Path, Path]) -> None:
     with pytest.raises(CleanDiftError, match="--dino"):
-        FusionExtractor.load("geoaware", artifacts[0])
+        FusionExtractor.load(get_preset("geoaware"), artifacts[0])
     with pytest.raises(CleanDiftError, match="unknown descriptor preset"):
-        FusionExtractor.load("nope", artifacts[0])
+        FusionExtractor.load(get_preset("nope"), artifacts[0])
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +165,13 @@ def test_eval_pck_cli_with_a_descriptor_preset(
     sd, dino = artifacts
     out = tmp_path / "out"
     args = ["eval", "pck", "--data", str(synthetic), "--dataset", "spair"]
-    code = run_cli([*args, "--descriptor", "geoaware", "--model", str(sd), "--dino", str(dino),
+    code = run_cli([*args, "--method", "geoaware", "--model", str(sd), "--dino", str(dino),
                     "--out", str(out)])  # fmt: skip
     assert code == 0
     document = json.loads((out / "results.json").read_text())
-    assert document["method"] == "descriptor" and document["model"]["preset"] == "geoaware"
+    assert document["method"] == "geoaware" and document["model"]["preset"] == "geoaware"
     assert document["model"]["mode"] == "window-softargmax"
-    assert run_cli([*args, "--descriptor", "geoaware", "--model", str(sd),
+    assert run_cli([*args, "--method", "geoaware", "--model", str(sd),
                     "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
 
 

@@ -261,7 +261,7 @@ def test_random_noise_differs_per_call(tiny: LoadedUNet, tmp_path: Path) -> None
 def test_cli_recipes_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "geoaware.onnx"
     base = ["export", "--arch", "tiny", "--random-init", "--image-size", "64", "64"]
-    args = [*base, "-o", str(out), "--recipe", "geoaware", "--noise-seed", "5", "--no-agreement"]
+    args = [*base, "-o", str(out), "--method", "geoaware", "--noise-seed", "5", "--no-agreement"]
     assert run_cli(args) == 0
     manifest = Manifest.load(sidecar_path(out))
     assert manifest.tap_names == ("us2", "us5", "us8")
@@ -270,10 +270,10 @@ def test_cli_recipes_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert manifest.freeu["s2"] == 0.2
     bad = [
         (["--ensemble", "2"], "add --noise-timestep"),
-        (["--recipe", "dift", "--no-vae"], "drop --no-vae"),
+        (["--method", "dift", "--no-vae"], "drop --no-vae"),
         (["--noise-timestep", "261", "--timestep", "100"], "differs from --noise-timestep"),
         (["--noise-timestep", "1000"], "outside 0..999"),
-        (["--recipe", "dift", "--ensemble", "0"], "1 or more"),
+        (["--method", "dift", "--ensemble", "0"], "1 or more"),
     ]
     for extra, message in bad:
         assert run_cli([*base, "-o", str(tmp_path / "bad.onnx"), *extra]) == 2, extra

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import CleanDiftError
-from .options import precision_options, source_option
+from ..methods.catalog import METHOD_NAMES, PRESETS, settings_help
+from .options import method_callback, output_option, precision_options, source_option
 
 DATASET_CHOICES = ("spair", "pfpascal", "pfwillow")
 ALPHAS = "0.01,0.05,0.1,0.15"
@@ -44,6 +46,14 @@ def parse_filters(items: tuple[str, ...]) -> dict[str, int]:
         raise CleanDiftError("--filter values are integers, e.g. --filter occlusion=0") from None
 
 
+def eval_method_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Refuse an unknown `--method` while parsing (before the data folder is read); the old
+    `descriptor` still passes (it needs `--descriptor`)."""
+    from ..methods.registry import method_names
+
+    return method_callback((*method_names(), "descriptor"))(ctx, param, value)
+
+
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate correspondences: PCK on annotated pairs, known-truth sets."""
@@ -52,7 +62,14 @@ def eval_group() -> None:
 @eval_group.command("pck")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset root.")
 @click.option("--dataset", required=True, type=click.Choice(DATASET_CHOICES))
-@click.option("--method", default=None, help="Registered method (default: features).")
+@click.option(
+    "--method",
+    default=None,
+    metavar="NAME",
+    callback=eval_method_callback,
+    help=f"Method to evaluate (default: features). One of: {', '.join(METHOD_NAMES)} "
+    "(`cleandift-deploy methods` lists them).",
+)
 @click.option("--model", type=click.Path(path_type=Path), help="Artifact (.onnx/.engine).")
 @click.option("--dino", type=click.Path(path_type=Path), help="Second artifact (DINOv2).")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend or torch.")
@@ -60,12 +77,24 @@ def eval_group() -> None:
 @click.option(
     "--mode", type=click.Choice(("nn", "window-softargmax")), default="nn", show_default=True
 )
-@click.option("--descriptor", default=None, help="Descriptor preset (implies --method descriptor).")
+@click.option(
+    "--descriptor",
+    default=None,
+    hidden=True,
+    callback=method_callback(PRESETS),
+    help="Old spelling of --method for the descriptor methods.",
+)
 @source_option("--source", help="Model source for PyTorch")
 @click.option("--arch", default=None, help="Architecture for --source / --random-init.")
 @click.option("--random-init", is_flag=True, help="Random weights (with --arch).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Method checkpoint.")
-@click.option("--set", "settings", multiple=True, help="Method setting KEY=VALUE (repeatable).")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Method setting (repeatable). Keys: {settings_help()}.",
+)
 @click.option("--alpha", default=ALPHAS, show_default=True, help="Comma-separated alphas.")
 @click.option(
     "--convention",
@@ -80,7 +109,7 @@ def eval_group() -> None:
 @click.option("--cache", type=click.Path(path_type=Path), help="Feature cache (default OUT/cache).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--pictures/--no-pictures", default=True, show_default=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@output_option("Output folder.")
 @precision_options
 def pck_command(**kwargs: object) -> None:
     """PCK of a method's matches; writes results.json, predictions.jsonl, results.md, pictures."""
@@ -90,7 +119,7 @@ def pck_command(**kwargs: object) -> None:
 
 
 @eval_group.command("make-synthetic")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@output_option("Output folder.")
 @click.option("--pairs", type=int, default=40, show_default=True, help="Test pairs.")
 @click.option("--train-pairs", type=int, default=None, help="trn pairs (default: --pairs).")
 @click.option("--val-pairs", type=int, default=None, help="val pairs (default: --pairs / 4).")

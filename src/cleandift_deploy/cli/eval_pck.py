@@ -7,15 +7,29 @@ from pathlib import Path
 
 import click
 
+from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.datasets import load_pairs
 from ..eval.pck import DEFAULT_CONVENTION
 from ..eval.protocol import MethodOptions
 from ..eval.report import draw_extremes, results_document, write_report
 from ..eval.scoring import evaluate
+from ..methods.catalog import PRESETS
 from ..methods.registry import build_method
 from .eval import parse_alphas, parse_filters, parse_pairs
-from .options import precision_request
+from .options import precision_request, renamed_to_method
+
+
+def eval_method_name(method: str | None, descriptor: str | None) -> str:
+    """The method to evaluate: `--method` (default features), or the preset of the old
+    `--descriptor P` / `--method descriptor --descriptor P` spelling, with a notice."""
+    if method == "descriptor":
+        if descriptor is None:
+            raise CleanDiftError(
+                f"--method descriptor is now --method PRESET: one of {', '.join(PRESETS)}"
+            )
+        method = None
+    return renamed_to_method("--descriptor", descriptor, method) or "features"
 
 
 def run_pck(
@@ -49,16 +63,16 @@ def run_pck(
     min_agreement: float,
 ) -> None:
     """Evaluate one method on one dataset split and write everything to `out`."""
+    name = eval_method_name(method, descriptor)
     alphas = parse_alphas(alpha)
     chosen = [c.strip() for c in categories.split(",")] if categories else None
     samples = load_pairs(data, dataset, split, chosen, limit, parse_filters(filters))
     options = MethodOptions(
-        model=model, dino=dino, backend=backend, tap=tap, mode=mode, descriptor=descriptor,
+        model=model, dino=dino, backend=backend, tap=tap, mode=mode,
         source=source, arch=arch, random_init=random_init, checkpoint=checkpoint,
         settings=parse_pairs(settings, "--set"), cache=cache or out / "cache", seed=seed,
         precision=precision_request(precision, calibration_images, min_agreement),
     )  # fmt: skip
-    name = method or ("descriptor" if descriptor else "features")
     started = time.perf_counter()
     matcher = build_method(name, options)
     convention = convention or DEFAULT_CONVENTION[dataset]

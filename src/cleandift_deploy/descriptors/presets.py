@@ -1,4 +1,7 @@
-"""Named descriptor recipes: which SD taps, how they are combined, PCA, DINOv2, weights, matching.
+"""Descriptor recipes: which SD taps, how they are combined, PCA, DINOv2, weights, matching.
+
+The named presets are entries of `cleandift_deploy.methods.catalog` (one table for every fact of
+a method); this module holds the `Preset` type and the functions that apply one.
 
 Facts from the reference code (shared/METHODS.md §1, §2, §5). Tap names are ours: sd-dino's and
 GeoAware's s3 / s4 / s5 (tensors entering LDM output_blocks 8 / 5 / 2) are us8 / us5 / us2.
@@ -14,19 +17,21 @@ GeoAware's s3 / s4 / s5 (tensors entering LDM output_blocks 8 / 5 / 2) are us8 /
   window soft-argmax (r=5, beta=0.02); the adaptive flip needs SAM masks and is not part of it.
 
 Timestep, noise, ensemble and FreeU belong to the SD graph: export it with
-`cleandift-deploy export --recipe NAME` (export/recipes.py), the same names as these presets.
+`cleandift-deploy export --method NAME`, the same names as these presets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CleanDiftError
-from .layers import grid_of, normalise_parts, progressive_concat, resize_concat, resize_map
-from .pca import PcaBasis, co_pca_maps
+
+if TYPE_CHECKING:
+    import torch
+
+    from .pca import PcaBasis
 
 COMBINES = ("single", "progressive", "resize")
 
@@ -56,49 +61,6 @@ class Preset:
         return self.pca_dims is not None
 
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset(
-            "dift",
-            ("us6",),
-        ),
-        Preset("cleandift", ("us6",)),
-        Preset(
-            "sd-dino",
-            ("us8", "us5", "us2"),
-            combine="progressive",
-            pca_dims=256,
-            dino=True,
-            grid="cells",
-            sd_resize="letterbox",
-            sd_size=960,
-        ),
-        Preset(
-            "geoaware",
-            ("us8", "us5", "us2"),
-            combine="resize",
-            dino=True,
-            renormalise=True,
-            mode="window-softargmax",
-            grid="cells",
-            sd_resize="letterbox",
-            sd_size=960,
-        ),
-    )
-}
-
-
-def get_preset(name: str) -> Preset:
-    """The named preset, or a one-line error listing them."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise CleanDiftError(
-            f"unknown descriptor preset {name!r}: use one of {', '.join(PRESETS)}"
-        ) from None
-
-
 def _tap_maps(preset: Preset, taps: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     missing = [t for t in preset.sd_taps if t not in taps]
     if missing:
@@ -111,6 +73,8 @@ def _tap_maps(preset: Preset, taps: Mapping[str, torch.Tensor]) -> list[torch.Te
 
 def combine_layers(preset: Preset, maps: list[torch.Tensor]) -> torch.Tensor:
     """The SD part from per-layer maps (finest first) by the preset's rule."""
+    from .layers import grid_of, progressive_concat, resize_concat
+
     if preset.combine == "single" or len(maps) == 1:
         return maps[0]
     if preset.combine == "progressive":
@@ -121,6 +85,8 @@ def combine_layers(preset: Preset, maps: list[torch.Tensor]) -> torch.Tensor:
 def fuse(preset: Preset, sd: torch.Tensor, dino: torch.Tensor | None) -> torch.Tensor:
     """The final descriptor map: the SD part alone, or SD (resized to DINO's grid) and DINO
     normalised part-wise with the preset's weights."""
+    from .layers import grid_of, normalise_parts, resize_map
+
     if not preset.dino:
         return sd
     if dino is None:
@@ -163,6 +129,8 @@ def describe_pair(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Descriptors of a pair; PCA presets use co-PCA per layer on the two images together."""
+    from .pca import co_pca_maps
+
     if preset.pca_dims is None:
         return describe(preset, taps_a, dino_a), describe(preset, taps_b, dino_b)
     maps_a, maps_b = [], []

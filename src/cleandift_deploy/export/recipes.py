@@ -1,16 +1,8 @@
-"""Named export recipes (`--recipe`): the defaults `export` fills in for each method.
+"""Export recipes: the defaults `export --method NAME` fills in for a method (taps, latent, noise
+timestep, ensemble, seed, FreeU, size, prompt); any option given explicitly wins.
 
-A recipe fills the defaults of the methods this toolkit deploys; any option given explicitly
-wins. Values are read from the reference code (METHODS.md):
-
-| recipe    | taps        | latent  | noise t | ensemble | FreeU | size | reference model |
-|-----------|-------------|---------|---------|----------|-------|------|-----------------|
-| dift      | us6         | sample  | 261     | 8        | off   | 768  | SD 2.1          |
-| sd-dino   | us2 us5 us8 | mean    | 100     | 1        | off   | 960  | SD 1.5          |
-| geoaware  | us2 us5 us8 | mean    | 50      | 1        | on    | 960  | SD 1.5          |
-| cleandift | us6         | mean    | none    | -        | off   | 768  | SD 2.1          |
-
-(latent: posterior sample per copy or posterior mean.)
+The recipes themselves are entries of `cleandift_deploy.methods.catalog` (the `export` field of
+each method), read there from the reference code; this module holds the type and applies one.
 """
 
 from __future__ import annotations
@@ -34,23 +26,20 @@ class Recipe:
     seed: int = 0
     freeu: bool = False
     image_size: int = 768
+    prompt: str = ""
+    """The prompt whose embedding is baked in (every method's reference: the empty prompt)."""
 
 
-RECIPES: dict[str, Recipe] = {
-    "dift": Recipe(("us6",), 261, ensemble=8, latent="sample"),
-    "sd-dino": Recipe(("us2", "us5", "us8"), 100, seed=42, image_size=960),
-    "geoaware": Recipe(("us2", "us5", "us8"), 50, seed=42, freeu=True, image_size=960),
-    "cleandift": Recipe(("us6",), None),
-}
-
-
-def with_recipe(options: ExportOptions, given: Collection[str], **args: Any) -> ExportOptions:
+def with_recipe(
+    options: ExportOptions, recipe: Recipe | None, given: Collection[str], **args: Any
+) -> ExportOptions:
     """`options` with the recipe's defaults (where the option, named in `given` when the user
     gave it, was not given) and the noise and FreeU settings of the CLI's noise arguments."""
-    recipe = RECIPES[args["recipe"]] if args["recipe"] else None
     if recipe is not None:
         if "taps" not in given:
             options = replace(options, taps=recipe.taps)
+        if "prompt" not in given:
+            options = replace(options, prompt=recipe.prompt)
         if "image_size" not in given and options.size_range is None:
             options = replace(options, image_size=(recipe.image_size, recipe.image_size))
     noise = _noise(recipe, args)

@@ -23,6 +23,7 @@ import torch
 from ..errors import CleanDiftError
 from ..eval.cache import FeatureCache
 from ..eval.protocol import MethodOptions, PairSample
+from .catalog import SOFTMAX_BETA, WINDOW_RADIUS
 from .features import Prompts
 
 if TYPE_CHECKING:
@@ -95,8 +96,9 @@ class DescriptorMethod:
     name = "descriptor"
 
     def __init__(self, options: MethodOptions) -> None:
-        from ..descriptors import get_preset, load_bases
+        from ..descriptors import load_bases
         from ..runtime.fusion import FusionExtractor
+        from .catalog import get_preset
 
         if options.descriptor is None:
             raise CleanDiftError("the descriptor method needs --descriptor PRESET")
@@ -202,7 +204,9 @@ class DescriptorMethod:
 
     def _soft(self) -> tuple[int, float]:
         settings = self.options.settings
-        return int(settings.get("radius", "5")), float(settings.get("beta", "0.02"))
+        return int(settings.get("radius", str(WINDOW_RADIUS))), float(
+            settings.get("beta", str(SOFTMAX_BETA))
+        )
 
 
 def _int_setting(settings: dict[str, str], key: str) -> int | None:

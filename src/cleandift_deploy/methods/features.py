@@ -23,6 +23,7 @@ from ..eval.protocol import MethodOptions, PairSample
 from ..manifest import is_random_source
 from ..models.taps import DEFAULT_TAP
 from ..values import parse_size as parse_image_size
+from .catalog import SOFTMAX_BETA, WINDOW_RADIUS
 
 if TYPE_CHECKING:
     from ..kernels.target_field import TargetField
@@ -145,8 +146,8 @@ class FeaturesMethod:
         self.tap = choose_tap(self.extractor.manifest, options.tap)
         self.prompts = Prompts(self.extractor.manifest, options)
         self.cache = FeatureCache(options.cache)
-        self.radius = int(options.settings.get("radius", "5"))
-        self.beta = float(options.settings.get("beta", "0.02"))
+        self.radius = int(options.settings.get("radius", str(WINDOW_RADIUS)))
+        self.beta = float(options.settings.get("beta", str(SOFTMAX_BETA)))
         self._targets: OrderedDict[tuple[Path, str], tuple[TargetField, MatchGrid]] = OrderedDict()
 
     def describe(self) -> dict[str, Any]:

@@ -3,6 +3,8 @@ implementation only when called (so listing the names stays cheap)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import CleanDiftError
 from ..eval.protocol import Method, MethodFactory, MethodOptions
 
@@ -33,11 +35,11 @@ def _hyperfeatures(options: MethodOptions) -> Method:
 
 METHODS: dict[str, MethodFactory] = {
     "features": _features,  # one artifact, one tap
-    "descriptor": _descriptor,  # presets over SD (+ DINOv2)
+    "descriptor": _descriptor,  # the descriptor presets (cleandift, dift, sd-dino, geoaware)
     "hedlin": _hedlin,  # prompt-optimised attention (Hedlin et al.)
     "hyperfeatures": _hyperfeatures,  # Diffusion Hyperfeatures
 }
-"""`eval pck --method NAME` -> the factory that builds it."""
+"""Evaluation factories by key (a catalog entry's `evaluation` names one)."""
 
 
 def register_method(name: str, factory: MethodFactory) -> None:
@@ -45,14 +47,30 @@ def register_method(name: str, factory: MethodFactory) -> None:
     METHODS[name] = factory
 
 
+def method_names() -> tuple[str, ...]:
+    """What `eval pck --method` accepts: the catalog's methods, then any other registered
+    factory (plug-ins and tests); the catalog's evaluation keys themselves stay internal."""
+    from .catalog import CATALOG
+
+    internal = {entry.evaluation for entry in CATALOG.values()} - set(CATALOG)
+    return (*CATALOG, *(n for n in METHODS if n not in CATALOG and n not in internal))
+
+
 def check_method(name: str) -> str:
     """`name` when a method has it; otherwise one line listing the methods."""
-    if name not in METHODS:
-        known = ", ".join(sorted(METHODS)) or "none"
-        raise CleanDiftError(f"unknown method {name!r}: choose one of {known}")
+    if name not in METHODS and name not in method_names():
+        raise CleanDiftError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
     return name
 
 
 def build_method(name: str, options: MethodOptions) -> Method:
-    """The method registered as `name`, built with `options`."""
-    return METHODS[check_method(name)](options)
+    """The method `name` built with `options`: a catalog entry builds its evaluation factory
+    with the entry's own descriptor preset; any other name is a registered factory."""
+    from .catalog import CATALOG
+
+    entry = CATALOG.get(check_method(name))
+    if entry is None:
+        return METHODS[name](options)
+    if entry.descriptor is not None:
+        options = replace(options, descriptor=entry.descriptor.name)
+    return METHODS[entry.evaluation](options)

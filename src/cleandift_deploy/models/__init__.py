@@ -15,21 +15,37 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .configs import ARCHS, ArchConfig, get_arch
-    from .feature_unet import DEFAULT_TIMESTEP, FeatureUNet
+    from .feature_unet import FeatureUNet
     from .image_model import ImageFeatureModel, VAEEncoder
     from .loading import LoadedUNet, build_unet, build_vae, load_unet, load_vae, random_unet
     from .prompt import encode_prompt, prompt_embedding, random_prompt_embedding
     from .shapes import check_image_size, check_latent_size
-    from .taps import TAP_NAMES, TapSpec, deepest_tap, tap_infos, tap_specs, validate_taps
+    from .taps import (
+        DEFAULT_TIMESTEP,
+        TAP_NAMES,
+        TapSpec,
+        deepest_tap,
+        tap_infos,
+        tap_specs,
+        validate_taps,
+    )
 
 _HOMES = {
     "configs": ("ARCHS", "ArchConfig", "get_arch"),
-    "feature_unet": ("DEFAULT_TIMESTEP", "FeatureUNet"),
+    "feature_unet": ("FeatureUNet",),
     "image_model": ("ImageFeatureModel", "VAEEncoder"),
     "loading": ("LoadedUNet", "build_unet", "build_vae", "load_unet", "load_vae", "random_unet"),
     "prompt": ("encode_prompt", "prompt_embedding", "random_prompt_embedding"),
     "shapes": ("check_image_size", "check_latent_size"),
-    "taps": ("TAP_NAMES", "TapSpec", "deepest_tap", "tap_infos", "tap_specs", "validate_taps"),
+    "taps": (
+        "DEFAULT_TIMESTEP",
+        "TAP_NAMES",
+        "TapSpec",
+        "deepest_tap",
+        "tap_infos",
+        "tap_specs",
+        "validate_taps",
+    ),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 

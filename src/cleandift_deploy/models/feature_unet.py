@@ -17,9 +17,8 @@ from ..errors import CleanDiftError
 from .freeu import FreeU, FreeUStage
 from .resnet_branch import check_plain_resnet, resnet_with_branch
 from .shapes import check_channels, check_latent_size
-from .taps import DEFAULT_TAP, TAP_SITES, deepest_tap, validate_taps
+from .taps import DEFAULT_TAP, DEFAULT_TIMESTEP, TAP_SITES, deepest_tap, validate_taps
 
-DEFAULT_TIMESTEP = 261.0
 """CleanDIFT's initial (and, for `*_unet` checkpoints, assumed) timestep."""
 
 _UNSUPPORTED_CONFIG = (

@@ -18,6 +18,9 @@ from ..manifest import TapInfo
 LATENT_STRIDE = 8
 DEFAULT_TAP = "us6"
 """The DIFT feature (up_blocks[1] after its upsampler): the tap used when none is asked."""
+DEFAULT_TIMESTEP = 261.0
+"""CleanDIFT's timestep: the learned t starts here, and a `*_unet` checkpoint (no learned t) runs
+at it; DIFT's noise level too (methods.catalog shows both)."""
 """The VAE's downsampling factor: image pixels per latent cell."""
 
 

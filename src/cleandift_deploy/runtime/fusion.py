@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..descriptors import PcaBasis, Preset, describe, describe_pair, get_preset
+from ..descriptors import PcaBasis, Preset, describe, describe_pair
 from ..errors import CleanDiftError
 from ..manifest import Manifest, artifact_manifest
 from .extractor import FeatureExtractor
@@ -82,14 +82,14 @@ class FusionExtractor:
 
     def __init__(
         self,
-        preset: Preset | str,
+        preset: Preset,
         sd: FeatureExtractor,
         dino: FeatureExtractor | None = None,
         *,
         bases: Mapping[str, PcaBasis] | None = None,
         pca_method: str = "svd",
     ) -> None:
-        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.preset = preset
         if self.preset.dino and dino is None:
             raise CleanDiftError(
                 f"preset {self.preset.name} fuses DINOv2 features: give a DINOv2 model (--dino)"
@@ -102,7 +102,7 @@ class FusionExtractor:
     @classmethod
     def load(
         cls,
-        preset: Preset | str,
+        preset: Preset,
         model: str | Path,
         dino: str | Path | None = None,
         *,
@@ -114,7 +114,7 @@ class FusionExtractor:
     ) -> FusionExtractor:
         """Open the artifacts of a preset; sizes default to the preset's (960 / 840 px) when
         the artifact's range holds them, else to the artifact's optimal size."""
-        spec = get_preset(preset) if isinstance(preset, str) else preset
+        spec = preset
         sd_manifest = artifact_manifest(Path(model))
         size = size_within(sd_manifest, sd_size or spec.sd_size, sd_manifest.input.multiple)
         sd = FeatureExtractor.load(

@@ -21,6 +21,7 @@ import torch
 
 from ...errors import CleanDiftError
 from ...eval.protocol import Method, MethodOptions, PairSample
+from ..catalog import SOFTMAX_BETA, WINDOW_RADIUS
 from .graph import OUTPUT
 
 FEATURES_KEPT = 4
@@ -98,8 +99,8 @@ class TorchHyperfeatures:
             (sample.target_size[1], sample.target_size[0]),
             upsample="bilinear",
             mode=self.options.mode,
-            radius=int(self.options.settings.get("radius", "5")),
-            beta=float(self.options.settings.get("beta", "0.02")),
+            radius=int(self.options.settings.get("radius", str(WINDOW_RADIUS))),
+            beta=float(self.options.settings.get("beta", str(SOFTMAX_BETA))),
         )
         return matches.points.double().numpy()
 
