@@ -22,7 +22,9 @@ from .export import COMMANDS as EXPORT_COMMANDS
 from .extract import COMMANDS as RUNTIME_COMMANDS
 from .fusion import COMMANDS as FUSION_COMMANDS
 from .hyperfeatures import COMMANDS as HYPERFEATURE_COMMANDS
+from .methods import COMMANDS as METHOD_COMMANDS
 from .models import COMMANDS as MODEL_COMMANDS
+from .options import join_image_sizes
 from .probe import COMMANDS as PROBE_COMMANDS
 from .probe import EVAL_SUBCOMMANDS
 from .serve import COMMANDS as SERVE_COMMANDS
@@ -38,6 +40,7 @@ def cli() -> None:
 
 for command in (
     *MODEL_COMMANDS,
+    *METHOD_COMMANDS,
     *EXPORT_COMMANDS,
     *DINOV2_COMMANDS,
     *RUNTIME_COMMANDS,
@@ -58,7 +61,8 @@ for command in EVAL_SUBCOMMANDS:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning toolkit errors into one line and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="cleandift-deploy", standalone_mode=False)
+        args = join_image_sizes(sys.argv[1:] if argv is None else list(argv))
+        cli.main(args=args, prog_name="cleandift-deploy", standalone_mode=False)
     except CleanDiftError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .options import source_argument
+from .options import image_size_option, output_option, source_argument
 
 console = Console(stderr=True)
 DINO_ARCH_NAMES = (
@@ -35,9 +35,9 @@ DINO_ARCH_NAMES = (
 @click.option("--arch", type=click.Choice(DINO_ARCH_NAMES), help="Size of bare weights / random.")
 @click.option("--random-init", is_flag=True, help="Random weights for --arch (tests, speed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@output_option()
 @click.option("--layer", type=int, help="Block whose output is taken (default: the last).")
-@click.option("--image-size", nargs=2, type=int, metavar="H W", help="Default 840 840.")
+@image_size_option("Optimisation size (default 840x840):")
 @click.option("--size-range", nargs=2, metavar="HMINxWMIN HMAXxWMAX", help="Dynamic size range.")
 @click.option("--batch", default="1", show_default=True, help="MIN:OPT:MAX batch range.")
 @click.option("--opset", type=int, default=17, show_default=True)
@@ -92,7 +92,7 @@ def export_dinov2_command(
 
 @click.command("convert-dinov2")
 @click.argument("pth", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@output_option()
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def convert_dinov2_command(pth: Path, out: Path, force: bool) -> None:
     """Convert an official DINOv2 .pth (read weights-only) to safetensors for transformers."""

@@ -11,15 +11,22 @@ from rich.table import Table
 
 from ..errors import CleanDiftError
 from ..export.recipes import with_recipe
+from ..methods.catalog import RECIPES
 from ..models.graph_options import PRECISIONS, ExportOptions
 from ..models.taps import DEFAULT_TAP
 from .lazy_choice import LazyChoice
 from .options import (
     given_options,
+    image_size_option,
+    method_option,
     model_source_options,
     noise_options,
+    output_option,
     parse_batch,
     parse_size_range,
+    renamed_to_method,
+    split_taps,
+    taps_option,
 )
 
 if TYPE_CHECKING:
@@ -75,10 +82,9 @@ def print_agreement(manifest: Manifest) -> None:
 
 @click.command()
 @model_source_options
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--taps", multiple=True, default=(DEFAULT_TAP,), show_default=True, help="Repeatable."
-)
+@method_option(RECIPES, "Method whose export recipe fills the defaults (options given win).")
+@output_option()
+@taps_option("Taps to export.", default=(DEFAULT_TAP,))
 @click.option("--timestep", type=float, help="Default: learned (*_full checkpoint), else 261.")
 @click.option(
     "--prompt",
@@ -87,7 +93,7 @@ def print_agreement(manifest: Manifest) -> None:
 )
 @click.option("--prompt-input", is_flag=True, help="Take encoder_hidden_states as an input.")
 @click.option("--no-vae", is_flag=True, help="Take latents [B,4,h,w] instead of images.")
-@click.option("--image-size", nargs=2, type=int, metavar="H W", help="Optimisation size (px).")
+@image_size_option("Optimisation size (px):")
 @click.option("--batch", default="1", show_default=True, help="MIN:OPT:MAX batch range.")
 @click.option("--size-range", nargs=2, metavar="HMINxWMIN HMAXxWMAX", help="Dynamic size range.")
 @click.option("--opset", type=int, default=17, show_default=True)
@@ -110,6 +116,7 @@ def export(
     arch: str | None,
     random_init: bool,
     seed: int,
+    method: str | None,
     out: Path,
     taps: tuple[str, ...],
     timestep: float | None,
@@ -129,14 +136,15 @@ def export(
 ) -> None:
     """Export a UNet (+ VAE encoder) to ONNX: images in, one output per tap.
 
-    `--recipe dift|sd-dino|geoaware|cleandift` fills the method's taps, noise, FreeU and size
-    (options given explicitly win); `--noise-timestep T` exports noisy (DIFT-style) features.
+    `--method dift|sd-dino|geoaware|cleandift` fills the method's taps, noise, FreeU, size and
+    prompt from the catalog (options given explicitly win); `--noise-timestep T` exports noisy
+    (DIFT-style) features.
     """
     from ..export.exporter import export_onnx
     from ..models.loading import resolve_source
 
     options = ExportOptions(
-        taps=taps,
+        taps=split_taps(taps) or (DEFAULT_TAP,),
         timestep=timestep,
         prompt=prompt,
         prompt_input=prompt_input,
@@ -151,8 +159,10 @@ def export(
         random_init=random_init,
         check_agreement=not no_agreement,
     )
+    method = renamed_to_method("--recipe", recipe_args.pop("recipe"), method)
+    recipe = None if method is None else RECIPES[method]
     ctx = click.get_current_context()
-    options = with_recipe(options, given_options(ctx), **recipe_args)
+    options = with_recipe(options, recipe, given_options(ctx), **recipe_args)
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
     spec = None
     if head is not None:
@@ -175,12 +185,13 @@ def export(
 
 @click.command()
 @click.argument("onnx_path", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+@output_option()
 @click.option(
     "--target",
     type=LazyChoice("cleandift_deploy.export.tensorrt_build:TARGETS"),
-    default="tensorrt-rtx",
-    show_default=True,
+    default=None,
+    help="Default: tensorrt where the full TensorRT is installed (engines Triton loads), "
+    "else tensorrt-rtx; the choice is printed.",
 )
 @click.option(
     "--compute-capability", multiple=True, help="RTX target GPUs, e.g. 8.0 8.6 (repeatable)."
@@ -197,7 +208,7 @@ def export(
 def build(
     onnx_path: Path,
     out: Path,
-    target: str,
+    target: str | None,
     compute_capability: tuple[str, ...],
     opt_level: int | None,
     workspace: float,
@@ -206,10 +217,14 @@ def build(
     hardware_compatible: bool,
 ) -> None:
     """Build a TensorRT (or TensorRT-RTX) engine from an exported ONNX graph."""
-    from ..export.tensorrt_build import BuildOptions, build_engine
+    from ..export.tensorrt_build import BuildOptions, build_engine, default_target
 
     if not onnx_path.is_file():
         raise CleanDiftError(f"{onnx_path} does not exist: export a model first")
+    if target is None:
+        target = default_target()
+        why = "TensorRT is installed" if target == "tensorrt" else "no full TensorRT here"
+        console.print(f"--target {target} ({why}; give --target to choose)")
     options = BuildOptions(target, compute_capability, opt_level, workspace, timing_cache, force)
     options.hardware_compatible = hardware_compatible
     with console.status(f"building {out} with {target}"):
@@ -225,6 +240,8 @@ def build(
 @click.option("--golden", type=click.Path(path_type=Path), help="Compare with saved outputs.")
 @click.option(
     "--runtime",
+    "--backend",
+    "runtime",
     type=click.Choice(["onnxruntime", "openvino", "openvino-bf16"]),
     default="onnxruntime",
     show_default=True,

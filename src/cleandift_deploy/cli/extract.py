@@ -11,7 +11,14 @@ from rich.console import Console
 from ..errors import CleanDiftError
 from ..runtime.selection import BACKENDS
 from .lazy_choice import LazyChoice
-from .options import precision_options, precision_request, split_taps
+from .options import (
+    image_size_option,
+    output_option,
+    precision_options,
+    precision_request,
+    split_taps,
+    taps_option,
+)
 
 if TYPE_CHECKING:
     from ..runtime.engine_choice import Selection
@@ -54,14 +61,12 @@ def _summarise(report: ExtractReport, out: Path) -> None:
     help="Artifact (.onnx, .plan, .engine) or a model source (diffusers folder, .safetensors).",
 )
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--taps", default=None, help="Comma-separated taps (default: all of the model's).")
+@output_option("Output folder.")
+@taps_option("Taps to extract (default: all of the model's).")
 @click.option("--batch-size", type=int, default=None, help="Images per run (default: model max).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: the backend's best here).")
-@click.option(
-    "--image-size", nargs=2, type=int, default=None, metavar="H W", help="Model input size."
-)
+@image_size_option("Model input size:")
 @click.option(
     "--resize",
     type=LazyChoice("cleandift_deploy.runtime.preprocess:RESIZE_POLICIES"),
@@ -87,7 +92,7 @@ def extract(
     model: str,
     inputs: tuple[Path, ...],
     out: Path,
-    taps: str | None,
+    taps: tuple[str, ...],
     batch_size: int | None,
     backend: str,
     device: str | None,

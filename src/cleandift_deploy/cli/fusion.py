@@ -8,16 +8,26 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from .options import output_option, split_taps, taps_option
+
 console = Console(stderr=True)
 
 
 @click.command("fit-pca")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
-@click.option("--taps", multiple=True, default=("us8", "us5", "us2"), show_default=True)
+@output_option()
+@taps_option("Taps to fit.", default=("us8", "us5", "us2"))
 @click.option("--dims", type=int, default=256, show_default=True)
-@click.option("--size", type=int, default=960, show_default=True, help="Image side (px).")
+@click.option(
+    "--image-size",
+    "--size",
+    "size",
+    type=int,
+    default=960,
+    show_default=True,
+    help="Image side (px).",
+)
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def fit_pca_command(
@@ -40,8 +50,8 @@ def fit_pca_command(
     with Progress(console=console) as progress:
         task = progress.add_task("fitting PCA", total=len(images))
         bases = fit_and_save(
-            model, images, taps, dims, out, backend=backend, image_size=(size, size),
-            advance=lambda: progress.advance(task),
+            model, images, split_taps(taps) or (), dims, out, backend=backend,
+            image_size=(size, size), advance=lambda: progress.advance(task),
         )  # fmt: skip
     shapes = ", ".join(f"{t}: {tuple(b.components.shape)}" for t, b in bases.items())
     console.print(f"wrote {out} from {len(images)} images ({shapes})")

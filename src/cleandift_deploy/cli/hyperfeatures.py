@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from .options import model_source_options, source_option
+from .options import image_size_option, model_source_options, output_option, source_option
 
 console = Console(stderr=True)
 VARIANT_NAMES = ("one-step", "multi-step")
@@ -24,7 +24,7 @@ VARIANT_NAMES = ("one-step", "multi-step")
     required=True,
     help="SPair-71k root, or any set in its layout (e.g. `eval make-synthetic`).",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@output_option("Run folder.")
 @click.option("--split", default="trn", show_default=True, help="Pair split to train on.")
 @click.option("--categories", multiple=True, help="Only these categories (repeatable).")
 @click.option("--limit", type=int, help="At most N pairs per category.")
@@ -154,8 +154,8 @@ def _cache_progress() -> Iterator[Callable[[int, int], None]]:
 @click.command("export-hyperfeatures")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @source_option("--source", help="The UNet it was trained on (default: the one its file names)")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
-@click.option("--image-size", nargs=2, type=int, metavar="H W", help="Optimisation size (px).")
+@output_option()
+@image_size_option("Optimisation size (px):")
 @click.option("--batch", default="1", show_default=True, help="MIN:OPT:MAX batch range.")
 @click.option("--size-range", nargs=2, metavar="HMINxWMIN HMAXxWMAX", help="Dynamic size range.")
 @click.option("--opset", type=int, default=17, show_default=True)

@@ -9,7 +9,7 @@ from rich.table import Table
 from ..models.configs import default_image_size
 from ..models.shapes import check_image_size
 from ..models.taps import tap_specs
-from .options import model_source_options
+from .options import image_size_option, model_source_options
 
 
 def _print_source(console: Console, source: str) -> bool:
@@ -28,14 +28,7 @@ def _print_source(console: Console, source: str) -> bool:
 
 @click.command()
 @model_source_options
-@click.option(
-    "--image-size",
-    nargs=2,
-    type=int,
-    default=None,
-    metavar="H W",
-    help="Image size for the tap shapes (default: the architecture's).",
-)
+@image_size_option("Image size for the tap shapes (default: the architecture's):")
 def info(
     source: str | None,
     arch: str | None,

@@ -17,11 +17,11 @@ import click
 from click.core import ParameterSource
 
 from ..errors import CleanDiftError
+from ..methods.catalog import RECIPES
 from ..models.configs import ARCHS
 from ..runtime.precision import PrecisionRequest
 from ..values import parse_batch_range, parse_positive_ints, split_list
 from ..values import parse_size as _parse_size
-from .lazy_choice import LazyChoice
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,12 +123,14 @@ def model_source_options(func: F) -> F:
 
 
 def noise_options(command: F) -> F:
-    """The `--recipe`, noise and FreeU options of `export` (read by `recipes.with_recipe`)."""
+    """The noise and FreeU options of `export` (read by `recipes.with_recipe`), and `--recipe`,
+    the old spelling of `--method`."""
     options = [
         click.option(
             "--recipe",
-            type=LazyChoice("cleandift_deploy.export.recipes:RECIPES"),
-            help="Method defaults.",
+            callback=method_callback(tuple(RECIPES)),
+            hidden=True,
+            help="Old spelling of --method.",
         ),
         click.option("--noise-timestep", type=int, help="Noisy features at this t (DIFT: 261)."),
         click.option("--ensemble", type=int, help="Noise draws averaged in the graph [1]."),
@@ -194,3 +196,97 @@ def precision_request(
     if precision == "fp32" and calibration_images is not None:
         raise CleanDiftError("--calibration-images is for --precision bf16: add it or drop them")
     return PrecisionRequest(precision, calibration_images, min_agreement)
+
+
+def method_callback(names: Iterable[str]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that refuses a method name outside `names` in one line (exit 2), while
+    the options are parsed: before any file is read."""
+    known = tuple(names)
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and value not in known:
+            raise CleanDiftError(f"unknown method {value!r}: choose one of {', '.join(known)}")
+        return value
+
+    return check
+
+
+def method_option(names: Iterable[str], what: str) -> Callable[[F], F]:
+    """`--method NAME`, its help listing the choices."""
+    known = tuple(names)
+    return click.option(
+        "--method",
+        default=None,
+        metavar="NAME",
+        callback=method_callback(known),
+        help=f"{what} One of: {', '.join(known)} (`cleandift-deploy methods` lists them).",
+    )
+
+
+def renamed_to_method(old_flag: str, old: str | None, method: str | None) -> str | None:
+    """`--method`, or the value of its old spelling with a one-line notice naming the new one."""
+    if old is None:
+        return method
+    click.echo(f"note: {old_flag} is now --method: use --method {old}", err=True)
+    if method is not None and method != old:
+        raise CleanDiftError(f"give the method once: --method {method} or {old_flag} {old}")
+    return old
+
+
+def output_option(help_text: str = "Output path.", dest: str = "out") -> Callable[[F], F]:
+    """`-o/--output PATH` in every verb (`--out` is accepted too)."""
+    return click.option(
+        "-o",
+        "--output",
+        "--out",
+        dest,
+        required=True,
+        type=click.Path(path_type=Path),
+        help=f"{help_text} (`--out` works too)",
+    )
+
+
+def _size_callback(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[int, int] | None:
+    return None if value is None else parse_size(value)
+
+
+def image_size_option(help_text: str) -> Callable[[F], F]:
+    """`--image-size HxW` (or one number for a square) as (H, W); the older `--image-size H W`
+    is accepted too (`join_image_sizes` rewrites it before parsing)."""
+    return click.option(
+        "--image-size",
+        default=None,
+        metavar="HxW",
+        callback=_size_callback,
+        help=f"{help_text} HxW, or N for a square.",
+    )
+
+
+def join_image_sizes(args: list[str]) -> list[str]:
+    """`--image-size H W` (the older two-number form) as `--image-size HxW`."""
+    joined: list[str] = []
+    index = 0
+    while index < len(args):
+        pair = args[index + 1 : index + 3]
+        if args[index] == "--image-size" and len(pair) == 2 and all(v.isdigit() for v in pair):
+            joined += [args[index], f"{pair[0]}x{pair[1]}"]
+            index += 3
+        else:
+            joined.append(args[index])
+            index += 1
+    return joined
+
+
+def taps_option(help_text: str, default: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """`--taps us3,us6` or `--taps us3 --taps us6` (both work in every verb; read them with
+    `split_taps`)."""
+    shown = f" [default: {','.join(default)}]" if default else ""
+    return click.option(
+        "--taps",
+        multiple=True,
+        default=default,
+        metavar="TAP[,TAP...]",
+        help=f"{help_text} Comma-separated and/or repeated.{shown}",
+    )

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from ..errors import CleanDiftError
-from .options import source_option
+from .options import image_size_option, output_option, source_option
 
 if TYPE_CHECKING:
     from ..eval.dense_samples import DenseSample
@@ -38,9 +38,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--arch", default=None, help="Architecture for --source / --random-init."),
         click.option("--random-init", is_flag=True, help="Random weights (with --arch)."),
         click.option("--seed", type=int, default=0, show_default=True, help="--random-init seed."),
-        click.option(
-            "--image-size", nargs=2, type=int, metavar="H W", help="Model input size (squashed)."
-        ),
+        image_size_option("Model input size (squashed):"),
         click.option("--prompt", default=None, help="Prompt for --source [A photo of a room]."),
         click.option("--cache", type=click.Path(path_type=Path), help="Feature cache folder."),
     ]
@@ -108,7 +106,15 @@ def probe_group() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--train", "train_count", type=int, default=24, show_default=True)
 @click.option("--test", "test_count", type=int, default=8, show_default=True)
-@click.option("--size", type=int, default=128, show_default=True, help="Image side (px).")
+@click.option(
+    "--image-size",
+    "--size",
+    "size",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Image side (px).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_synthetic(out: Path, train_count: int, test_count: int, size: int, seed: int) -> None:
     """Known-truth NYU-folder, VOC and ImageFolder sets from scikit-image's photographs."""
@@ -125,7 +131,7 @@ def make_synthetic(out: Path, train_count: int, test_count: int, size: int, seed
 @click.option("--dataset", type=click.Choice(DATASETS), help="Default: nyu (depth), voc.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--limit", type=int, default=None, help="At most N images.")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@output_option()
 @click.option("--tap", default="us6", show_default=True)
 @click.option("--head", default=None, help="bins|regression (depth), linear|bn-linear.")
 @click.option("--classes", type=int, default=21, show_default=True, help="Segmentation classes.")
@@ -190,7 +196,7 @@ def train_command(**args: Any) -> None:
 @click.option("--dataset", type=click.Choice(DATASETS), help="Default: by the probe's task.")
 @click.option("--split", default=None, help="Default: test (nyu), val (voc).")
 @click.option("--limit", type=int, default=None, help="At most N images.")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@output_option()
 @click.option("--probe", type=click.Path(path_type=Path), help="Probe file (with features).")
 @click.option("--eigen-crop", is_flag=True, help="NYUv2: score inside the Eigen crop only.")
 @click.option("--pictures", type=int, default=8, show_default=True, help="Pictures to draw.")
@@ -260,7 +266,7 @@ def _predictor(args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 @click.command("knn")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="ROOT/{train,val}.")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@output_option()
 @click.option("--taps", default=None, help="Comma-separated taps (default: all of the model's).")
 @click.option("--k", type=int, default=10, show_default=True)
 @click.option("--limit", type=int, default=None, help="At most N images per class and split.")

@@ -10,8 +10,9 @@ from rich.console import Console
 
 from ..models.configs import ARCHS
 from ..models.taps import TAP_NAMES
+from ..train import WARMUP_STEPS
 from .lazy_choice import LazyChoice
-from .options import source_option, split_taps
+from .options import output_option, source_option, split_taps, taps_option
 
 if TYPE_CHECKING:
     from ..train.loop import Trainer, TrainResult
@@ -28,6 +29,16 @@ def _summarise(console: Console, trainer: Trainer, result: TrainResult, curve: P
 
 
 LAUNCHER_OPTIONS = ("nproc_per_node", "ray_workers", "address", "gpus_per_worker")
+
+
+def clamped_warmup(warmup: int | None, steps: int) -> int:
+    """`--warmup` (CleanDIFT's 2000 when not given) at most `--steps`, so a short run reaches its
+    learning rate; says so when it clamps."""
+    chosen = WARMUP_STEPS if warmup is None else warmup
+    if chosen > steps > 0:
+        click.echo(f"note: warm-up {chosen} steps clamped to --steps {steps}", err=True)
+        return steps
+    return chosen
 
 
 def rank_args(ctx: click.Context) -> list[str]:
@@ -63,13 +74,18 @@ def rank_args(ctx: click.Context) -> list[str]:
     required=True,
     help="Folder of jpg/png/webp images (NAME.json beside one: its caption).",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@output_option("Run folder.")
 @click.option("--steps", type=int, default=1000, show_default=True, help="Total optimiser steps.")
-@click.option("--taps", multiple=True, help="Taps to train, e.g. us6 or mid,us3,us6 (all).")
+@taps_option("Taps to train (default: all).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per batch.")
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches/step.")
 @click.option("--lr", type=float, default=1e-5, show_default=True, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=2000, show_default=True, help="Linear warm-up steps.")
+@click.option(
+    "--warmup",
+    type=int,
+    default=None,
+    help=f"Linear warm-up steps [CleanDIFT's {WARMUP_STEPS}; clamped to --steps, with a note].",
+)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the UNets and heads.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 matmuls and convolutions (CUDA).")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations: less memory.")
@@ -153,7 +169,7 @@ def train(
         batch_size=batch_size,
         grad_accum=grad_accum,
         lr=lr,
-        warmup=warmup,
+        warmup=clamped_warmup(warmup, steps),
         bf16=bf16,
         tf32=tf32,
         gradient_checkpointing=gradient_checkpointing,

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from .options import output_option
+
 
 @click.command("triton-repo")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "repo", required=True, type=click.Path(path_type=Path))
+@output_option("Repository folder.", dest="repo")
 @click.option("--name", default=None, help="Model name (default: the artifact's file stem).")
 @click.option("--max-batch", type=int, default=None, help="Default: the profile's largest batch.")
 @click.option("--preferred-batch", default=None, help="Comma-separated preferred batch sizes.")

@@ -49,6 +49,16 @@ class BuildOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def default_target() -> str:
+    """`tensorrt` where the full TensorRT imports (a GPU host: the engines Triton and the
+    TensorRT runtime load), else `tensorrt-rtx` (installs anywhere; ahead-of-time builds)."""
+    try:
+        module = importlib.import_module("tensorrt")
+    except ImportError:
+        return "tensorrt-rtx"
+    return "tensorrt" if hasattr(module, "Builder") else "tensorrt-rtx"
+
+
 def import_tensorrt(target: str) -> ModuleType:
     """The TensorRT module for `target`, or a one-line error saying what to install."""
     if target not in TARGETS:

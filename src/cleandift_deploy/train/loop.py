@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from ..errors import CleanDiftError
 from ..models import TAP_NAMES, validate_taps
 from ..models.loading import LoadedUNet
+from . import WARMUP_STEPS
 from .conditioning import Conditioning
 from .data import ImageFolder, SampleOrder
 from .deployable import StudentFiles, save_student, student_files
@@ -67,7 +68,7 @@ class TrainSettings:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-5
-    warmup: int = 2000
+    warmup: int = WARMUP_STEPS
     bf16: bool = False
     tf32: bool = False
     gradient_checkpointing: bool = False
