@@ -11,12 +11,14 @@ nothing half-written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from export_helpers import run_cli
 from test_docs_commands import ROOT, commands, inside, runnable_blocks
 
@@ -221,3 +223,45 @@ def test_triton_repo_batch_one_has_no_dynamic_batching(
 def test_serve_says_sigterm_stops_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["serve", "--help"]) == 0
     assert "SIGTERM" in capsys.readouterr().out
+
+
+# item 4: bench --reference under one denormal policy; a single batch size plots as bars
+
+
+def test_bench_reference_flushes_denormals_for_every_engine(
+    here: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every engine's timed runs see denormals flushed (1e-40 * 1 == 0), and the output says so;
+    afterwards PyTorch is back to its default."""
+    from cleandift_deploy.runtime import bench
+
+    seen: list[bool] = []
+    original = bench.latencies
+
+    def probing(run, device, budget):  # type: ignore[no-untyped-def]
+        seen.append(bool((torch.tensor([1e-40]) * 1.0 == 0).item()))
+        return original(run, device, budget)
+
+    monkeypatch.setattr(bench, "latencies", probing)
+    argv = ["bench", "tiny.onnx", "--reference", "--iterations", "1", "--warmup", "0"]
+    assert run_cli([*argv, "--no-flops", "--json", "b.json", "--plot", "b.png"]) == 0
+    assert seen == [True, True], "the reference and the artifact are timed with denormals flushed"
+    assert float(torch.tensor([1e-40]) * 1.0) != 0, "PyTorch's default is restored"
+    assert "denormals flushed to zero while timing" in capsys.readouterr().out
+    report = json.loads((here / "b.json").read_text())
+    assert "same for every engine" in report["denormals"]
+
+
+def test_a_single_batch_size_plots_bars_from_zero() -> None:
+    from cleandift_deploy.runtime.bench_report import bench_figure
+
+    rows = [
+        {"backend": b, "batch": 1, "height": 64, "width": 64, "images_per_s": v,
+         "latency_ms": {"p99": 1000 / v}}
+        for b, v in (("torch", 24.0), ("onnxruntime-cpu", 25.0))
+    ]  # fmt: skip
+    figure = bench_figure({"rows": rows, "machine": "a CPU", "denormals": "flushed"})
+    left, right = figure.axes
+    assert len(left.patches) == 2 and len(right.patches) == 2, "one bar per engine"
+    assert left.get_ylim()[0] == 0 and right.get_ylim()[0] == 0
+    assert left.get_ylim()[1] > 25, "the axis shows the values, not 0.96..1.04 around one"

@@ -88,6 +88,7 @@ def bench(
         f"engine: {selection['backend']} ({selection['reason']})", markup=False, highlight=False
     )
     print_table(report, console if console.is_terminal else Console(width=160))
+    click.echo(report["denormals"])
     write_outputs(report, json_path, markdown, png)
 
 

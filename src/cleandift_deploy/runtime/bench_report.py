@@ -4,6 +4,7 @@ and report it as a terminal table, JSON, Markdown and a throughput / p99 plot.""
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from ..atomic import atomic_path, write_text_atomic
 from ..manifest import source_onnx
-from .bench import BenchBudget, BenchCase, BenchRow, measure, model_inputs
+from .bench import DENORMALS, BenchBudget, BenchCase, BenchRow, measure, model_inputs
 from .extractor import FeatureExtractor
 from .machine import device_description
 from .precision import EXACT, PrecisionRequest
@@ -83,6 +84,7 @@ def run_bench(request: BenchRequest) -> dict[str, Any]:
         },
         "timing": "CUDA events" if device.startswith("cuda") else "monotonic clock",
         "memory": "CUDA allocator peak" if device.startswith("cuda") else "process peak RSS",
+        "denormals": DENORMALS,
         "rows": [row.to_dict() for row in rows],
     }
 
@@ -134,7 +136,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"# bench: {report['artifact']}",
         "",
         f"Machine: {report['machine']}. Timing: {report['timing']}; memory: {report['memory']}; "
-        f"budget: {report['budget']}.",
+        f"budget: {report['budget']}; {report.get('denormals', '')}.",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
@@ -144,25 +146,49 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 latency against batch size, one line per backend and image size."""
+    """Throughput and p99 latency against batch size, one line per backend and image size;
+    bars when every series has a single batch size (a line of one point says nothing). The
+    value axes start at zero, so equal figures look equal rather than magnified noise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, rows in _series(report["rows"]).items():
-        batches = [r["batch"] for r in rows]
-        left.plot(batches, [r["images_per_s"] for r in rows], marker="o", label=key)
-        right.plot(batches, [r["latency_ms"]["p99"] for r in rows], marker="o", label=key)
-    left.set(xlabel="batch", ylabel="images/s", title="throughput")
-    right.set(xlabel="batch", ylabel="p99 latency (ms)", title="tail latency")
-    left.legend(fontsize="small")
-    figure.suptitle(report["machine"], fontsize="small")
-    figure.tight_layout()
+    figure = bench_figure(report)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=110, format="png")
     plt.close(figure)
+
+
+def bench_figure(report: dict[str, Any]) -> Any:
+    """The matplotlib figure `plot` saves (lines per series, or bars for single batch sizes)."""
+    import matplotlib.pyplot as plt
+
+    series = _series(report["rows"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if all(len(rows) == 1 for rows in series.values()):
+        names = [f"{key}\nbatch {rows[0]['batch']}" for key, rows in series.items()]
+        left.bar(names, [rows[0]["images_per_s"] for rows in series.values()], color="C0")
+        right.bar(names, [rows[0]["latency_ms"]["p99"] for rows in series.values()], color="C1")
+        for axes in (left, right):
+            axes.tick_params(axis="x", labelsize="small")
+    else:
+        for key, rows in series.items():
+            batches = [r["batch"] for r in rows]
+            left.plot(batches, [r["images_per_s"] for r in rows], marker="o", label=key)
+            right.plot(batches, [r["latency_ms"]["p99"] for r in rows], marker="o", label=key)
+        for axes in (left, right):
+            axes.set_xlabel("batch")
+            axes.set_xticks(sorted({r["batch"] for rows in series.values() for r in rows}))
+        left.legend(fontsize="small")
+    left.set(ylabel="images/s", title="throughput (higher is better)")
+    right.set(ylabel="p99 latency (ms)", title="tail latency (lower is better)")
+    for axes in (left, right):
+        axes.set_ylim(bottom=0)
+    title = textwrap.fill(f"{report['machine']}; {report.get('denormals', '')}", 150)
+    figure.suptitle(title, fontsize="small")
+    figure.tight_layout()
+    return figure
 
 
 def _series(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
