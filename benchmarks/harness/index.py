@@ -65,7 +65,13 @@ def side_by_side(records: Sequence[dict[str, Any]]) -> list[str]:
     return table(["figure", *columns], rows)
 
 
-def _runs_table(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
+def _file_ref(label: str, path: str, prefix: str | None) -> str:
+    """A link to a results file, or (prefix None: a docs page, whose site holds only docs/, so a
+    link out of it would be broken) the file's repository path as code."""
+    return f"[{label}]({prefix}{path})" if prefix is not None else f"`benchmarks/results/{path}`"
+
+
+def _runs_table(records: Sequence[dict[str, Any]], prefix: str | None) -> list[str]:
     rows = []
     for r in records:
         run = r["run"]
@@ -78,7 +84,8 @@ def _runs_table(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
                 "busy" if run["busy"] else "quiet",
                 f"`{run['command']}`",
                 status,
-                f"[json]({prefix}{r['_path']}), [md]({prefix}{r['_path'][:-5]}.md)",
+                f"{_file_ref('json', r['_path'], prefix)}, "
+                f"{_file_ref('md', r['_path'][:-5] + '.md', prefix)}",
             ]
         )
     return table(["machine", "date", "commit", "load", "command", "status", "files"], rows)
@@ -95,7 +102,7 @@ def _machines(records: Sequence[dict[str, Any]]) -> list[str]:
     return table(["machine id", "description (measured)", "ceilings (latest run)", "as of"], rows)
 
 
-def _legacy(legacies: Sequence[dict[str, Any]], prefix: str) -> list[str]:
+def _legacy(legacies: Sequence[dict[str, Any]], prefix: str | None) -> list[str]:
     lines = []
     for legacy in legacies:
         folder = legacy["_folder"]
@@ -107,7 +114,7 @@ def _legacy(legacies: Sequence[dict[str, Any]], prefix: str) -> list[str]:
         ]
         rows = [
             [
-                f"[{name}]({prefix}{folder}/{name}.md)",
+                _file_ref(name, f"{folder}/{name}.md", prefix),
                 entry.get("date", "?"),
                 f"`{entry.get('commit', '?')}`",
                 f"`{entry['command']}`" if entry.get("command") else "not recorded",
@@ -118,10 +125,12 @@ def _legacy(legacies: Sequence[dict[str, Any]], prefix: str) -> list[str]:
     return lines
 
 
-def index_markdown(root: Path = RESULTS, planned: Sequence[Planned] = (), prefix: str = "") -> str:
+def index_markdown(
+    root: Path = RESULTS, planned: Sequence[Planned] = (), prefix: str | None = ""
+) -> str:
     """The index: machines, then per benchmark its runs and figures side by side, then what
-    could not run, then the figures measured before the harness. `prefix` is prepended to links
-    (the docs page links into the repository)."""
+    could not run, then the figures measured before the harness. `prefix` is prepended to links;
+    None (the docs page) names the files instead of linking out of the site."""
     records = load_results(root)
     lines = [GENERATED, "", "# Benchmark results", ""]
     lines += [
@@ -189,7 +198,7 @@ def benchmark_page(root: Path, variant: str) -> str:
 
 def docs_pages(root: Path = RESULTS, planned: Sequence[Planned] = ()) -> dict[str, str]:
     """docs/performance/ file name -> content."""
-    pages = {"index.md": index_markdown(root, planned, prefix="../../benchmarks/results/")}
+    pages = {"index.md": index_markdown(root, planned, prefix=None)}
     for variant in sorted({_variant(r) for r in load_results(root)}):
         pages[f"{variant}.md"] = benchmark_page(root, variant)
     return pages
