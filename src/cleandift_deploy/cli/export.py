@@ -221,16 +221,18 @@ def build(
 
     if not onnx_path.is_file():
         raise CleanDiftError(f"{onnx_path} does not exist: export a model first")
+    chosen = ""
     if target is None:
         target = default_target()
         why = "TensorRT is installed" if target == "tensorrt" else "no full TensorRT here"
-        console.print(f"--target {target} ({why}; give --target to choose)")
+        chosen = f"; --target {target} ({why}; give --target to choose)"
     options = BuildOptions(target, compute_capability, opt_level, workspace, timing_cache, force)
     options.hardware_compatible = hardware_compatible
     with console.status(f"building {out} with {target}"):
         manifest = build_engine(onnx_path, out, options)
     size = out.stat().st_size / 1e6
-    console.print(f"wrote {out} ({size:.1f} MB) in {manifest.build['build_seconds']} s")
+    seconds = manifest.build["build_seconds"]
+    console.print(f"wrote {out} ({size:.1f} MB) in {seconds} s{chosen}")
 
 
 @click.command()
