@@ -17,9 +17,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from export_helpers import run_cli
+from PIL import Image
+from runtime_helpers import random_rgb
 from test_docs_commands import ROOT, commands, inside, runnable_blocks
 
 from cleandift_deploy.manifest import Manifest, ShapeRange, sidecar_path
@@ -265,3 +268,67 @@ def test_a_single_batch_size_plots_bars_from_zero() -> None:
     assert len(left.patches) == 2 and len(right.patches) == 2, "one bar per engine"
     assert left.get_ylim()[0] == 0 and right.get_ylim()[0] == 0
     assert left.get_ylim()[1] > 25, "the axis shows the values, not 0.96..1.04 around one"
+
+
+# item 2: pictures a person understands without reading code
+
+
+def test_extract_pca_picture_keeps_the_aspect_ratio(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.fromarray(random_rgb(60, 150, np.random.default_rng(0))).save(here / "wide.png")
+    assert run_cli(["extract", "--model", "tiny.onnx", "wide.png", "--out", "f", "--pca"]) == 0
+    with Image.open(here / "f" / "wide.png.pca.png") as picture:
+        width, height = picture.size
+    assert abs(width / height - 150 / 60) < 0.02, f"squashed to {width}x{height}"
+
+
+def test_a_match_picture_has_title_legend_and_the_true_point(tmp_path: Path) -> None:
+    """Title above, legend below, and a wrong match's true point drawn (in yellow) where it is."""
+    from cleandift_deploy.eval.draw import GAP, LINE_PX, MARGIN, TRUTH, draw_matches
+
+    source, target = Image.new("RGB", (100, 80), "gray"), Image.new("RGB", (100, 80), "gray")
+    points = np.array([[10.0, 10.0], [50.0, 40.0]])
+    predicted, truth = (
+        np.array([[12.0, 10.0], [90.0, 70.0]]),
+        np.array([[10.0, 10.0], [30.0, 20.0]]),
+    )
+    path = tmp_path / "m.png"
+    title = ["worst pair 1 of 5: p (cat), PCK@0.1: 1 of 2 points correct (50%)", "left: source"]
+    draw_matches(
+        source, target, points, predicted, path, np.array([True, False]),
+        title=title, truth=truth, tolerance=8.0,
+    )  # fmt: skip
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    scale = 320 / 80  # small photos are enlarged
+    top = MARGIN + 2 * LINE_PX + MARGIN
+    assert picture.shape[0] == top + 80 * scale + MARGIN + 3 * LINE_PX + MARGIN
+    assert (picture[MARGIN : MARGIN + LINE_PX].min(axis=-1) < 80).any(), "a title is written"
+    x = int(MARGIN + 100 * scale + GAP + 30 * scale)
+    y = int(top + 20 * scale)
+    near = picture[y - 4 : y + 5, x - 4 : x + 5]
+    assert (np.abs(near - np.array(TRUTH)).sum(axis=-1) < 60).any(), "the true point is marked"
+    legend = picture[-(3 * LINE_PX + MARGIN) :]
+    assert (np.abs(legend - np.array(TRUTH)).sum(axis=-1) < 60).any(), "the legend explains it"
+
+
+def test_the_demo_draws_matches_and_photo_beside_pca(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matches.png (the docs show it) and pca_us6_*.png with the photo beside the features."""
+    from cleandift_deploy import demo
+    from cleandift_deploy.eval.datasets import load_pairs
+
+    monkeypatch.setattr(demo, "OUT", here / "demo-out")
+    pair = load_pairs(here / "syn", "spair", "test", limit=1)[0]
+    images = [Image.open(p).convert("RGB") for p in (pair.source_path, pair.target_path)]
+    extractor = FeatureExtractor.load(here / "tiny.onnx")
+    features = extractor(images)["us6"]
+    assert demo.draw_pair(pair, images, features, "onnxruntime") == here / "demo-out/matches.png"
+    with Image.open(here / "demo-out" / "matches.png") as matches:
+        assert matches.width > images[0].width + images[1].width
+    for path, image in zip(demo.draw_pca(pair, images, features), images, strict=True):
+        assert path.name in ("pca_us6_source.png", "pca_us6_target.png")
+        with Image.open(path) as panel:
+            shown = 320 * image.width / image.height  # photo and PCA at the photo's aspect
+            assert panel.width >= 2 * shown and panel.height > 320

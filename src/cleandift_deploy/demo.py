@@ -13,20 +13,26 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 from rich.console import Console
 
 from .cli import cli
 from .cli.export import agreement_table
 from .eval.datasets import load_pairs
+from .eval.draw import draw_matches
+from .eval.pck import pair_score
 from .eval.photoset import make_synthetic
+from .eval.protocol import PairSample
 from .export import ExportOptions, export_onnx
 from .export.agreement import compare_outputs
+from .kernels import match_points
 from .manifest import Manifest
 from .models import random_unet
 from .models.loading import LoadedUNet
 from .runtime.extractor import FeatureExtractor
-from .runtime.pca import save_pca_picture
+from .runtime.pca import save_pca_panel
 
 OUT = Path("demo-out")
 SIZE = 256
@@ -43,6 +49,50 @@ def export_demo_model(loaded: LoadedUNet) -> Manifest:
     """The demo's model: the tiny architecture's us3 and us6 taps, uint8 256x256 images in."""
     options = ExportOptions(taps=TAPS, image_size=(SIZE, SIZE), random_init=True, force=True)
     return export_onnx(loaded, MODEL, options)
+
+
+def draw_pair(
+    pair: PairSample, images: list[Image.Image], features: torch.Tensor, engine: str
+) -> Path:
+    """matches.png: the pair's known points matched with the artifact's features (title, score,
+    legend, and where each wrong match should have gone)."""
+    (source_w, source_h), (target_w, target_h) = pair.source_size, pair.target_size
+    query = torch.from_numpy(pair.source_points).float()
+    found = match_points(
+        features[0], features[1], query, (source_h, source_w), (target_h, target_w)
+    )
+    predicted = found.points.numpy().astype(np.float64)
+    score = pair_score(pair, predicted, "bbox")
+    tolerance = 0.1 * score.length
+    correct = score.distances <= tolerance
+    title = [
+        f"demo: {pair.source_path.name} (left) and a random warp of it (right), matched with "
+        f"the tiny model's us6 features in {engine}",
+        f"{int(correct.sum())} of {len(correct)} known points within {tolerance:.0f} px "
+        "(PCK@0.1 of the object box); random weights, so this shows the pipeline, not quality",
+    ]
+    path = OUT / "matches.png"
+    draw_matches(
+        images[0], images[1], pair.source_points, predicted, path, correct,
+        title=title, truth=pair.target_points, tolerance=tolerance,
+    )  # fmt: skip
+    return path
+
+
+def draw_pca(pair: PairSample, images: list[Image.Image], features: torch.Tensor) -> list[Path]:
+    """pca_us6_source.png / _target.png: each photo beside its features' PCA picture."""
+    written = []
+    for which, image, path, feature in zip(
+        ("source", "target"), images, (pair.source_path, pair.target_path), features, strict=True
+    ):
+        out = OUT / f"pca_us6_{which}.png"
+        title = (
+            f"{which} image {path.name} ({image.width}x{image.height}): the photo and its us6 "
+            "features (tiny model, random weights)"
+        )
+        save_pca_panel(image, feature, out, title, "us6")
+        written.append(out)
+    return written
 
 
 def page() -> None:
@@ -101,11 +151,11 @@ def main() -> None:
         f"   PCK per image (alpha x target bbox): {summary} "
         "(random weights: this shows the pipeline, not feature quality)"
     )
-    save_pca_picture(ours["us6"][0], OUT / "pca_us6_source.png", (SIZE, SIZE))
-    save_pca_picture(ours["us6"][1], OUT / "pca_us6_target.png", (SIZE, SIZE))
+    matches = draw_pair(pair, images, ours["us6"], extractor.backend_name)
+    panels = draw_pca(pair, images, ours["us6"])
     console.print(
-        f"pictures: {results / 'pictures'} (5 best, 5 worst pairs), {results / 'results.md'}, "
-        f"{OUT / 'pca_us6_source.png'}, {OUT / 'pca_us6_target.png'}"
+        f"pictures: {matches} (the photo pair matched), {results / 'pictures'} (5 best, 5 worst "
+        f"pairs), {results / 'results.md'}, {panels[0]}, {panels[1]}"
     )
     recorded = manifest.agreement.get("taps", {})
     console.print(

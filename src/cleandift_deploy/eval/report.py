@@ -19,6 +19,7 @@ from PIL import Image
 from ..atomic import write_text_atomic
 from .draw import draw_matches
 from .pck import alpha_key
+from .protocol import PairSample
 from .scoring import Evaluation
 
 PICTURES = 5
@@ -113,20 +114,45 @@ def ranked_pairs(evaluation: Evaluation) -> list[int]:
     return sorted(range(len(evaluation.samples)), key=key)
 
 
+def picture_title(
+    label: str, rank: int, sample: PairSample, correct: np.ndarray, tolerance: float
+) -> list[str]:
+    """The two title lines of a best/worst picture: which pair, its score, what is where."""
+    share = f"{int(correct.sum())} of {len(correct)} points"
+    percent = f"{100 * correct.mean():.0f}%" if len(correct) else "-"
+    return [
+        f"{label} pair {rank} of {PICTURES}: {sample.pair_id} ({sample.category}), "
+        f"PCK@{PICTURE_ALPHA}: {share} correct ({percent})",
+        f"left: source {Path(sample.source_path).name}, right: target "
+        f"{Path(sample.target_path).name}; tolerance {tolerance:.1f} px "
+        f"({PICTURE_ALPHA} x the pair's PCK reference length)",
+    ]
+
+
 def draw_extremes(out: Path, evaluation: Evaluation) -> list[Path]:
-    """Pictures of the five best and five worst pairs (green: within alpha 0.1, red: not)."""
+    """Pictures of the five best and five worst pairs (green: within alpha 0.1, red: not; a
+    wrong match's true point dashed in yellow), each with a title, its score and a legend."""
     ranked = ranked_pairs(evaluation)
-    chosen = [("best", i) for i in ranked[:PICTURES]]
-    chosen += [("worst", i) for i in ranked[::-1][:PICTURES]]
+    chosen = [("best", r + 1, i) for r, i in enumerate(ranked[:PICTURES])]
+    chosen += [("worst", r + 1, i) for r, i in enumerate(ranked[::-1][:PICTURES])]
     written = []
-    for rank, (label, index) in enumerate(chosen):
+    for label, rank, index in chosen:
         sample, score = evaluation.samples[index], evaluation.scores[index]
-        correct = score.distances <= PICTURE_ALPHA * score.length
+        tolerance = PICTURE_ALPHA * score.length
+        correct = score.distances <= tolerance
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", sample.pair_id)
-        path = out / "pictures" / f"{label}_{rank % PICTURES + 1}_{name}.png"
+        path = out / "pictures" / f"{label}_{rank}_{name}.png"
         with Image.open(sample.source_path) as source, Image.open(sample.target_path) as target:
             draw_matches(
-                source, target, sample.source_points, evaluation.predictions[index], path, correct
+                source,
+                target,
+                sample.source_points,
+                evaluation.predictions[index],
+                path,
+                correct,
+                title=picture_title(label, rank, sample, correct, tolerance),
+                truth=sample.target_points,
+                tolerance=tolerance,
             )
         written.append(path)
     return written

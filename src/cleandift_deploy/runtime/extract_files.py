@@ -24,7 +24,7 @@ from ..atomic import atomic_path
 from ..errors import CleanDiftError
 from .extractor import FeatureExtractor
 from .images import IMAGE_SUFFIXES, read_image
-from .pca import save_pca_picture
+from .pca import save_pca_picture, shown_size
 from .prediction_maps import write_prediction_files
 from .preprocess import Placement
 
@@ -151,8 +151,11 @@ def _write_batch(
         elif pca:
             tap = extractor.taps[-1]
             picture = job.output.with_name(job.output.name[: -len(OUTPUT_SUFFIX)] + PCA_SUFFIX)
-            cells = _content_cells(extractor, tap, placement)
-            save_pca_picture(tensors[tap], picture, extractor.image_size, cells)
+            if placement.offset == (0, 0):  # the content's cells at the image's aspect ratio
+                cells = _content_cells(extractor, tap, placement)
+                save_pca_picture(tensors[tap], picture, shown_size(placement.original), cells)
+            else:  # letterboxed: the whole canvas, bands included
+                save_pca_picture(tensors[tap], picture, extractor.image_size)
         written.append(job.output)
     return written
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import atomic_path
 from ..errors import CleanDiftError
@@ -36,6 +36,17 @@ def pca_rgb(features: torch.Tensor, content: tuple[int, int] | None = None) -> n
     return picture
 
 
+def pca_picture(
+    features: torch.Tensor, size: tuple[int, int], content: tuple[int, int] | None = None
+) -> Image.Image:
+    """The PCA picture of a [C, h, w] map, cropped to its `content` cells and shown at `size`
+    (H, W), cells as blocks: give the image's own aspect ratio so nothing looks squashed."""
+    rgb = pca_rgb(features.detach().float().cpu(), content)
+    rows, cols = content or rgb.shape[:2]
+    picture = Image.fromarray(np.ascontiguousarray(rgb[:rows, :cols]))
+    return picture.resize((size[1], size[0]), Image.Resampling.NEAREST)
+
+
 def save_pca_picture(
     features: torch.Tensor,
     path: Path,
@@ -43,7 +54,51 @@ def save_pca_picture(
     content: tuple[int, int] | None = None,
 ) -> None:
     """Write the PCA picture of a [C, h, w] map as a PNG of `size` (H, W), cells as blocks."""
-    picture = Image.fromarray(pca_rgb(features.detach().float().cpu(), content))
-    resized = picture.resize((size[1], size[0]), Image.Resampling.NEAREST)
     with atomic_path(path) as temporary:
-        resized.save(temporary, format="PNG")
+        pca_picture(features, size, content).save(temporary, format="PNG")
+
+
+def shown_size(original: tuple[int, int], longest: int = 512) -> tuple[int, int]:
+    """(H, W) with the original's aspect ratio and `longest` pixels on its longer side."""
+    height, width = original
+    scale = longest / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def caption_font(size: int = 15) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled font at `size` px (its fixed bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def save_pca_panel(
+    photo: Image.Image,
+    features: torch.Tensor,
+    path: Path,
+    title: str,
+    tap: str,
+    content: tuple[int, int] | None = None,
+) -> None:
+    """The photo and the PCA picture of its features side by side, at the photo's aspect ratio,
+    under a title naming the image and tap and captions saying what each half shows."""
+    height = 320
+    width = round(photo.width * height / photo.height)
+    left = photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    right = pca_picture(features, (height, width), content)
+    font, margin, gap, line = caption_font(), 10, 12, 21
+    captions = ("the photo", f"its {tap} features: 3 principal components as red, green, blue")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text = max(measure.textlength(t, font=font) for t in (title, *captions))
+    canvas_width = int(max(2 * width + gap, text) + 2 * margin)
+    canvas = Image.new("RGB", (canvas_width, margin + line + height + line + 2 * margin), "white")
+    pen = ImageDraw.Draw(canvas)
+    pen.text((margin, margin), title, fill=(20, 20, 20), font=font)
+    top = margin + line + 4
+    for index, (picture, caption) in enumerate(zip((left, right), captions, strict=True)):
+        x = margin + index * (width + gap)
+        canvas.paste(picture, (x, top))
+        pen.text((x, top + height + 4), caption, fill=(20, 20, 20), font=font)
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
