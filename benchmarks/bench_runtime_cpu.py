@@ -289,12 +289,16 @@ def memory(arch: str, graph: Path, sizes: list[int], cases: tuple[str, ...]) -> 
 
 def graph_flops(graph: Path, sizes: list[int]) -> dict[str, float]:
     """FLOPs of one image -> us6 run per size, counted in the graph (the `bench` verb's count)."""
+    from contextlib import chdir
+
     from cleandift_deploy.runtime.flops import count_flops
 
-    return {
-        str(size): float(sum(count_flops(graph, {"image": [1, 3, size, size]}).values()))
-        for size in sizes
-    }
+    graph = graph.resolve()
+    with chdir(graph.parent):  # ONNX's checker finds external weights from the working directory
+        return {
+            str(size): float(sum(count_flops(graph, {"image": [1, 3, size, size]}).values()))
+            for size in sizes
+        }
 
 
 def default_cases() -> tuple[str, ...]:
