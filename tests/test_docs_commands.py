@@ -134,8 +134,9 @@ def run_file(
     folder: Path,
     capsys: pytest.CaptureFixture[str],
     snapshots: Snapshots | None = None,
-) -> None:
-    """Every runnable block of one page, in order, in one folder."""
+) -> int:
+    """Every runnable block of one page, in order, in one folder; the number of steps taken
+    (a command or a Python block), run or restored from a saved folder."""
     history: tuple[str, ...] = ()
     behind: tuple[str, ...] | None = None  # steps skipped since the folder was last brought up
     names: dict[str, object] = {"__name__": "__docs__"}
@@ -158,6 +159,7 @@ def run_file(
                     run_cli(argv, block.where, capsys)
                 if snapshots is not None:
                     snapshots.save(history, folder)
+    return len(history)
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +199,9 @@ def test_a_failing_command_fails(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_runnable_commands_run(
     path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], snapshots: Snapshots
 ) -> None:
-    """Each page's runnable commands, in order, in an empty folder: every one exits 0."""
-    run_file(path, tmp_path, capsys, snapshots)
+    """Each page's runnable commands, in order, in an empty folder: every one exits 0 (run_cli
+    fails the test otherwise), and a page marked runnable has at least one step."""
+    assert run_file(path, tmp_path, capsys, snapshots) >= 1
 
 
 def test_a_saved_folder_is_what_the_steps_left(

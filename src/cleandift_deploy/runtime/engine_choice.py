@@ -30,15 +30,14 @@ import numpy as np
 from ..atomic import write_text_atomic
 from ..errors import CleanDiftError
 from ..kernels.cpu_features import has_bf16_gemm_isa
+from ..models.checkpoints import sha256_of
 from .fidelity_gate import (
-    VERSIONED,
     gate_key,
-    library_version,
     load_fidelity,
+    machine_fingerprint,
     measure_fidelity,
     store_fidelity,
 )
-from .machine import cpu_description
 
 if TYPE_CHECKING:
     from .extractor import FeatureExtractor
@@ -83,11 +82,10 @@ def _choice_file() -> Path:
 
 def _choice_key(path: Path, shape: Sequence[int], threads: int | None) -> str:
     parts = {
-        "artifact": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "artifact": sha256_of([Path(path)]),
         "shape": list(shape),
         "threads": threads,
-        "cpu": cpu_description(),
-        "versions": {name: library_version(name) for name in VERSIONED},
+        **machine_fingerprint(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -30,6 +30,7 @@ import torch
 from ..atomic import write_text_atomic
 from ..errors import CleanDiftError
 from ..kernels import match_dense
+from ..models.checkpoints import sha256_of
 from .images import IMAGE_SUFFIXES, read_image
 from .machine import cpu_description
 from .preprocess import ImageInput, to_rgb_arrays
@@ -114,6 +115,14 @@ def library_version(name: str) -> str:
         return "not installed"
 
 
+def machine_fingerprint() -> dict[str, Any]:
+    """The CPU and library versions a measurement on this machine depends on."""
+    return {
+        "cpu": cpu_description(),
+        "versions": {name: library_version(name) for name in VERSIONED},
+    }
+
+
 def images_digest(images: Sequence[np.ndarray]) -> str:
     """Names a calibration set by its pixels (order included)."""
     digest = hashlib.sha256()
@@ -134,11 +143,10 @@ def gate_key(
     """Everything a stored measurement depends on; any change makes it stale."""
     return {
         "format": GATE_FORMAT,
-        "artifact_sha256": hashlib.sha256(Path(artifact).read_bytes()).hexdigest(),
+        "artifact_sha256": sha256_of([Path(artifact)]),
         "manifest_sha256": manifest_sha256,
         "engines": list(engines),
-        "cpu": cpu_description(),
-        "versions": {name: library_version(name) for name in VERSIONED},
+        **machine_fingerprint(),
         "calibration_sha256": images_digest(images),
         "taps": list(taps),
         "image_size": list(image_size),

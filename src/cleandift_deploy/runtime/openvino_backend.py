@@ -41,8 +41,9 @@ def default_cache_dir() -> Path:
     """Where IR conversions and compiled blobs are kept between processes."""
     if CACHE_ENV in os.environ:
         return Path(os.environ[CACHE_ENV])
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "cleandift_deploy" / "openvino"
+    from .engine_choice import cache_root
+
+    return cache_root() / "openvino"
 
 
 def _artifact_key(path: Path) -> str:
