@@ -291,6 +291,15 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
     async def stats() -> dict[str, Any]:
         return hub.stats()
 
+    async def _handled(request: Request, model: str | None, images: int) -> Response:
+        """A request the model's service answers through its batcher, announced as `images`
+        images arriving so a batch being filled waits for them."""
+        name = hub.name(model)
+        batcher = hub.batchers[name]
+        with batcher.arriving(images):
+            parsed = await _http_request(request)
+            return _response(await hub.services[name].handle(parsed, batcher))
+
     @app.post(
         "/features",
         response_class=Response,
@@ -301,11 +310,7 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
     async def features(
         request: Request, taps: str | None = None, size: str | None = None, model: str | None = None
     ) -> Response:
-        name = hub.name(model)
-        batcher = hub.batchers[name]
-        with batcher.arriving(1):
-            parsed = await _http_request(request)
-            return _response(await hub.services[name].handle(parsed, batcher))
+        return await _handled(request, model, 1)
 
     @app.post(
         "/match",
@@ -315,11 +320,7 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
     async def match(
         request: Request, size: str | None = None, model: str | None = None
     ) -> Response:
-        name = hub.name(model)
-        batcher = hub.batchers[name]
-        with batcher.arriving(2):
-            parsed = await _http_request(request)
-            return _response(await hub.services[name].handle(parsed, batcher))
+        return await _handled(request, model, 2)
 
     @app.post(
         "/predict",
@@ -331,11 +332,7 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
     async def predict(
         request: Request, size: str | None = None, model: str | None = None
     ) -> Response:
-        name = hub.name(model)
-        batcher = hub.batchers[name]
-        with batcher.arriving(1):
-            parsed = await _http_request(request)
-            return _response(await hub.services[name].handle(parsed, batcher))
+        return await _handled(request, model, 1)
 
 
 def _page_api(app: FastAPI, hub: ServeHub) -> None:
