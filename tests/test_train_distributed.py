@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from train_helpers import make_image_folder
 
 from cleandift_deploy.cli import main
@@ -35,6 +36,7 @@ from cleandift_deploy.models.probe_heads import ProbeInfo, load_probe
 from cleandift_deploy.train.data import SampleOrder
 from cleandift_deploy.train.distill import Distiller
 from cleandift_deploy.train.distributed import (
+    PEER_STOPPED,
     RankSampler,
     World,
     freeze_except,
@@ -45,6 +47,7 @@ from cleandift_deploy.train.distributed import (
     split_batch,
 )
 from cleandift_deploy.train.job import DistillJob, run_job
+from cleandift_deploy.train.launch import root_failure
 from cleandift_deploy.train.loop import TrainSettings
 from cleandift_deploy.train.noising import noise_scheduler
 from cleandift_deploy.train.probes import ProbeTrainSettings, train_probe
@@ -193,6 +196,26 @@ def test_indivisible_batch_is_refused_before_any_process_starts(
         .endswith("cannot be split evenly over 2 processes: use 4 or 6")
     )
     assert not out.exists()
+
+
+def _error_file(path: Path, line: str, stamp: int) -> str:
+    """An error file as `distributed.report_failure` writes it."""
+    message = {"message": line, "extraInfo": {"py_callstack": "", "timestamp": str(stamp)}}
+    path.write_text(json.dumps({"message": message}))
+    return str(path)
+
+
+def test_the_launcher_names_the_rank_that_failed_not_the_one_it_stopped(tmp_path: Path) -> None:
+    # rank 0 stopped for rank 1's failure within the same second: the stamps cannot order them
+    stopped = f"rank 0: {PEER_STOPPED} (Connection closed by peer)"
+    failures = {
+        0: ProcessFailure(0, 11, 1, _error_file(tmp_path / "0.json", stopped, 100)),
+        1: ProcessFailure(1, 12, 2, _error_file(tmp_path / "1.json", "rank 1: cannot read a", 100)),
+        2: ProcessFailure(2, 13, -9, str(tmp_path / "none.json")),
+    }
+    assert root_failure(ChildFailedError("train", failures)) == "rank 1: cannot read a"
+    del failures[1]
+    assert root_failure(ChildFailedError("train", failures)).startswith("rank 2: exited with")
 
 
 def test_a_failing_rank_stops_the_job_and_keeps_the_last_checkpoint(images: Path) -> None:

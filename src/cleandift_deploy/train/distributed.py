@@ -56,6 +56,10 @@ class RankFailed(CleanDiftError):
     """Another rank failed; this one stops too."""
 
 
+PEER_STOPPED = "stopped because another rank failed"
+"""How a rank that stopped for another's failure says so (the launcher reports the other)."""
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the training processes."""
@@ -177,7 +181,7 @@ def session(device: str = "auto") -> Iterator[World]:
             raise
         if _peer_failed(err):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            err = RankFailed(f"stopped because another rank failed ({first[:200]})")
+            err = RankFailed(f"{PEER_STOPPED} ({first[:200]})")
         line = report_failure(world, err)
         if isinstance(err, CleanDiftError):
             raise CleanDiftError(line) from None

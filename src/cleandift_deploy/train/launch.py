@@ -19,9 +19,13 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import CleanDiftError
-from .distributed import TIMEOUT_ENV, split_batch
+from .distributed import PEER_STOPPED, TIMEOUT_ENV, split_batch
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 MONITOR_INTERVAL_S = 0.2
 """How often the agent checks its workers: a failed rank stops the others within about this."""
@@ -68,11 +72,25 @@ def launch_local(nproc: int, args: Sequence[str], timeout_s: float | None = None
     try:
         elastic_launch(config, sys.executable)("-m", "cleandift_deploy", *args)
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        message = failure.message  # the error file's "message": a dict once a rank wrote one
-        if isinstance(message, dict):
-            message = message.get("message", "")
-        message = message if isinstance(message, str) else ""
-        if not message.startswith("rank "):
-            message = f"rank {rank}: exited with status {failure.exitcode}"
-        raise TrainingFailed(f"training stopped, {message}") from None
+        raise TrainingFailed(f"training stopped, {root_failure(err)}") from None
+
+
+def _failure_line(rank: int, failure: ProcessFailure) -> str:
+    """The one line a rank wrote into its error file, or its exit status when it wrote none."""
+    message = failure.message  # the error file's "message": a dict once a rank wrote one
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    message = message if isinstance(message, str) else ""
+    return (
+        message
+        if message.startswith("rank ")
+        else f"rank {rank}: exited with status {failure.exitcode}"
+    )
+
+
+def root_failure(err: ChildFailedError) -> str:
+    """The failure that stopped the job: the earliest one that is not a rank stopping because
+    another failed (error files stamp whole seconds, so time alone cannot tell them apart)."""
+    ranked = sorted(err.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    lines = [_failure_line(rank, failure) for rank, failure in ranked]
+    return next((line for line in lines if PEER_STOPPED not in line), lines[0])
