@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.runtime import engine_choice, fidelity_gate
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.openvino_backend import CACHE_ENV
+from cleandift_deploy.runtime.precision import PrecisionRequest
+from cleandift_deploy.serve.app import FeatureService, Item, ServeConfig
 
 SIZE = (64, 64)
 
@@ -222,3 +225,52 @@ def test_extract_cli_bf16_needs_calibration(
     assert "needs calibration images" in capsys.readouterr().err
     assert run_cli([*base, "--calibration-images", str(calibration)]) == 2
     assert "is for --precision bf16" in capsys.readouterr().err
+
+
+def _settled(service: FeatureService, timeout_s: float = 300.0) -> dict[str, object]:
+    """The deferred gate's progress once it has decided (or failed)."""
+    assert service.calibration is not None
+    deadline = time.monotonic() + timeout_s
+    while service.calibration.snapshot()["state"] in ("collecting", "measuring"):
+        assert time.monotonic() < deadline, service.calibration.snapshot()
+        time.sleep(0.05)
+    return service.calibration.snapshot()
+
+
+@pytest.mark.parametrize(("bar", "engine"), [(0.0, "openvino-bf16"), (1.01, "onnxruntime")])
+def test_serve_measures_the_gate_on_its_first_requests(
+    onnx_path: Path, bar: float, engine: str
+) -> None:
+    wanted = PrecisionRequest("bf16", None, bar, calibrate_on_requests=3)
+    service = FeatureService(ServeConfig(str(onnx_path), max_batch=2, precision=wanted))
+    service.load()
+    assert service.extractor is not None and service.extractor.selection.backend == "onnxruntime"
+    images = _images(3)
+    exact = service.run_batch([Item(images[0], None), Item(images[1], None)])
+    assert service.calibration is not None
+    assert service.calibration.snapshot()["state"] == "collecting"
+    service.run_batch([Item(images[2], None)])
+    settled = _settled(service)
+    assert settled["state"] == "done" and str(settled["outcome"]).startswith(engine)
+    assert service.extractor.selection.backend == engine
+    assert service.extractor.selection.fidelity is not None
+    after = service.run_batch([Item(images[0], None)])[0].taps["us6"]
+    assert _settled(service)["collected"] == 3  # later requests start no second measurement
+    before = exact[0].taps["us6"]
+    assert torch.equal(before, after) == (engine == "onnxruntime")
+    assert torch.nn.functional.cosine_similarity(before, after, dim=0).min() > 0.99
+
+
+def test_serve_cli_calibration_options_are_checked_before_anything_starts(
+    onnx_path: Path, calibration: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve = ["serve", str(onnx_path)]
+    assert run_cli([*serve, "--calibrate-on-requests", "4"]) == 2
+    assert "--calibrate-on-requests is for --precision bf16" in capsys.readouterr().err
+    assert run_cli([*serve, "--precision", "bf16"]) == 2
+    assert "or --calibrate-on-requests N" in capsys.readouterr().err
+    assert run_cli([*serve, "--precision", "bf16", "--calibrate-on-requests", "1"]) == 2
+    assert "at least 2 images" in capsys.readouterr().err
+    both = ["--calibration-images", str(calibration), "--calibrate-on-requests", "4"]
+    assert run_cli([*serve, "--precision", "bf16", *both]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -272,6 +272,8 @@ def test_concurrent_requests_are_batched_and_correct(server: str, direct: Featur
             assert figures["cosine_min"] >= 0.99999 and figures["max_abs"] < 1e-4
     stats = json.loads(_http(f"{server}/stats")[1])
     assert stats["max_batch_seen"] > 1
+    (model,) = stats["models"].values()
+    assert model["engine"]["backend"] == "onnxruntime" and model["calibration"] is None
 
 
 def test_bad_input_is_refused_and_the_server_keeps_serving(server: str) -> None:

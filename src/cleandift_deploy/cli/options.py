@@ -190,12 +190,33 @@ def precision_options(func: F) -> F:
 
 
 def precision_request(
-    precision: str, calibration_images: Path | None, min_agreement: float
+    precision: str,
+    calibration_images: Path | None,
+    min_agreement: float,
+    calibrate_on_requests: int | None = None,
 ) -> PrecisionRequest:
-    """The parsed precision options; calibration images without bf16 are refused."""
-    if precision == "fp32" and calibration_images is not None:
-        raise CleanDiftError("--calibration-images is for --precision bf16: add it or drop them")
-    return PrecisionRequest(precision, calibration_images, min_agreement)
+    """The parsed precision options; `calibrate_on_requests` is serve's own (None for verbs
+    without it). Calibration without bf16, bf16 without calibration and both calibration
+    sources at once are refused."""
+    on_requests = bool(calibrate_on_requests)
+    if precision == "fp32" and (calibration_images is not None or on_requests):
+        given = "--calibration-images" if calibration_images else "--calibrate-on-requests"
+        raise CleanDiftError(f"{given} is for --precision bf16: add it or drop {given}")
+    if calibration_images is not None and on_requests:
+        raise CleanDiftError("give --calibration-images or --calibrate-on-requests, not both")
+    if calibrate_on_requests == 1:
+        raise CleanDiftError(
+            "--calibrate-on-requests needs at least 2 images: matches are measured between images"
+        )
+    if precision == "bf16" and calibration_images is None and not on_requests:
+        serve_too = "" if calibrate_on_requests is None else " or --calibrate-on-requests N"
+        raise CleanDiftError(
+            "--precision bf16 needs calibration images to measure what bf16 changes: pass "
+            f"--calibration-images DIR{serve_too} (a few of your own images)"
+        )
+    return PrecisionRequest(
+        precision, calibration_images, min_agreement, calibrate_on_requests or 0
+    )
 
 
 def method_callback(names: Iterable[str]) -> Callable[[click.Context, click.Parameter, Any], Any]:

@@ -82,6 +82,14 @@ def _serve_until_interrupted(url: str, stop: Callable[[], None] | None = None) -
 )
 @click.option("--ready-timeout", type=click.FloatRange(1), default=600.0, show_default=True)
 @precision_options
+@click.option(
+    "--calibrate-on-requests",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="With --precision bf16: measure the gate on the first N request images instead of "
+    "--calibration-images (the exact engine answers until then; /stats shows progress).",
+)
 def serve(
     artifacts: tuple[Path, ...],
     backend: str,
@@ -101,6 +109,7 @@ def serve(
     precision: str,
     calibration_images: Path | None,
     min_agreement: float,
+    calibrate_on_requests: int,
 ) -> None:
     """HTTP feature server and the correspondence page for one or more models, with dynamic
     batching, in the foreground until Ctrl-C or SIGTERM (`kill PID`: both stop it cleanly): a
@@ -111,7 +120,7 @@ def serve(
 
     limits = Limits(max_request_bytes=max_request_mb * MEGABYTE)
     devices = [_replica_device(a, backend, device) for a in artifacts]
-    wanted = precision_request(precision, calibration_images, min_agreement)
+    wanted = precision_request(precision, calibration_images, min_agreement, calibrate_on_requests)
     models = tuple(
         ServeConfig(str(a.resolve()), backend, d, threads, max_batch, batch_wait_ms, limits, wanted)
         for a, d in zip(artifacts, devices, strict=True)

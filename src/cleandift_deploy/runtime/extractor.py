@@ -8,7 +8,7 @@ several threads at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,8 @@ class FeatureExtractor:
         self.image_size = resolve_image_size(manifest, image_size)
         self.resize = check_policy(resize or manifest.input.resize) if self.takes_images else "none"
         self.batch_size = resolve_batch_size(manifest, batch_size)
+        self._reopen: tuple[Path, Callable[[str], FeatureExtractor]] | None = None
+        """The artifact and how `load` opened it, to open its other engines."""
 
     @property
     def backend_name(self) -> str:
@@ -139,7 +141,7 @@ class FeatureExtractor:
                 source,
                 cuda_graphs,
             )
-            return cls(
+            opened = cls(
                 runner,
                 manifest,
                 taps=taps,
@@ -147,6 +149,8 @@ class FeatureExtractor:
                 resize=resize,
                 batch_size=batch_size,
             )
+            opened._reopen = (path, build)
+            return opened
 
         if (
             backend == "auto"
@@ -157,9 +161,25 @@ class FeatureExtractor:
         else:
             reason = "auto" if backend == "auto" else "asked for by name"
             chosen = build(name), Selection(name, reason)
-        if precision == "bf16":
-            chosen = gate_bf16(path, chosen, build, images, min_agreement)
         extractor, selection = chosen
+        extractor.selection = selection
+        return (
+            extractor.behind_bf16_gate(images, min_agreement) if precision == "bf16" else extractor
+        )
+
+    def behind_bf16_gate(
+        self, calibration: str | Path | Sequence[ImageInput], min_agreement: float
+    ) -> FeatureExtractor:
+        """The bf16 engine of this (exact) extractor's artifact where it keeps `min_agreement` of
+        this one's matches on the `calibration` images, else this extractor; `selection` says
+        which and the measurement. `serve` calls it once its first requests have given it
+        images. Only for extractors opened by `load` (the bf16 engine is opened the same way)."""
+        if self._reopen is None:
+            raise CleanDiftError("bf16 needs an artifact opened with FeatureExtractor.load")
+        images = calibration_images(calibration)
+        check_min_agreement(min_agreement)
+        path, build = self._reopen
+        extractor, selection = gate_bf16(path, (self, self.selection), build, images, min_agreement)
         extractor.selection = selection
         return extractor
 

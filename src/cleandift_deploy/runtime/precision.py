@@ -17,9 +17,19 @@ class PrecisionRequest:
     precision: str = "fp32"
     calibration: str | Path | None = None
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    calibrate_on_requests: int = 0
+    """`serve` only: measure the gate on the first this-many request images instead of a
+    folder (the exact engine answers until then)."""
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the gate waits for request images (the model opens exact first)."""
+        return self.precision == "bf16" and self.calibrate_on_requests > 0
 
     def load_options(self) -> dict[str, Any]:
-        """Keyword arguments for `FeatureExtractor.load`."""
+        """Keyword arguments for `FeatureExtractor.load` (exact while the gate is deferred)."""
+        if self.deferred:
+            return {"precision": "fp32"}
         return {
             "precision": self.precision,
             "calibration": self.calibration,

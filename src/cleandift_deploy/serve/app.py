@@ -10,7 +10,8 @@ metadata; `?taps=us3,us6`, `?size=HxW`), `POST /match` (JSON: two base64 images 
 -> matched points and scores), `POST /predict` (a graph with a probe inside, `export --head`:
 image bytes -> the depth map as a 16-bit PNG of millimetres, or the classes as a palette PNG, at the
 image's size), `GET /healthz`, `GET /readyz`, `GET /manifest`, `GET /stats`
-(request count and observed batch sizes). Client faults are 4xx with a one-line JSON message.
+(request count, observed batch sizes, the engine answering and a deferred bf16 gate's progress).
+Client faults are 4xx with a one-line JSON message.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from .inputs import (
     parse_taps,
 )
 from .matching import match_in_pixels
+from .request_calibration import RequestCalibration
 
 log = logging.getLogger(__name__)
 WARMUP_SEED = 0
@@ -172,6 +174,8 @@ class FeatureService:
         self.load_error: str | None = None
         self._sizes: dict[tuple[int, int], FeatureExtractor] = {}
         self._lock = threading.Lock()
+        wanted = config.precision.calibrate_on_requests if config.precision.deferred else 0
+        self.calibration = RequestCalibration(wanted) if wanted else None
 
     @property
     def ready(self) -> bool:
@@ -190,16 +194,41 @@ class FeatureService:
                 threads=self.config.threads,
                 **self.config.precision.load_options(),
             )
-            rng = np.random.default_rng(WARMUP_SEED)
-            height, width = extractor.image_size
-            for count in sorted({1, min(self.config.max_batch, extractor.batch_size)}):
-                extractor.extract(
-                    [rng.integers(0, 256, (height, width, 3), dtype=np.uint8)] * count
-                )
+            self._warm_up(extractor)
             self.extractor = extractor
         except Exception as err:  # reported through /readyz instead of killing the replica
             self.load_error = f"{type(err).__name__}: {err}"
             log.error("model failed to load: %s", self.load_error)
+
+    def _warm_up(self, extractor: FeatureExtractor) -> None:
+        rng = np.random.default_rng(WARMUP_SEED)
+        height, width = extractor.image_size
+        for count in sorted({1, min(self.config.max_batch, extractor.batch_size)}):
+            extractor.extract([rng.integers(0, 256, (height, width, 3), dtype=np.uint8)] * count)
+
+    def _calibrate_on(self, items: list[Item]) -> None:
+        """Give request images to a deferred bf16 gate; the one call that completes the set
+        starts the measurement in the background (the exact engine keeps answering)."""
+        if self.calibration is None:
+            return
+        images = self.calibration.add([item.rgb for item in items])
+        if images is not None:
+            threading.Thread(target=self._gate, args=(images,), name="bf16-gate").start()
+
+    def _gate(self, images: list[np.ndarray]) -> None:
+        """Measure the bf16 gate on request images and move to bf16 where it passes."""
+        assert self.calibration is not None and self.extractor is not None
+        try:
+            gated = self.extractor.behind_bf16_gate(images, self.config.precision.min_agreement)
+            if gated is not self.extractor:
+                self._warm_up(gated)
+            with self._lock:
+                self.extractor = gated
+                self._sizes.clear()
+            self.calibration.finish(f"{gated.selection.backend}: {gated.selection.reason}")
+        except Exception as err:  # the exact engine keeps serving; /stats says why
+            self.calibration.finish(f"{type(err).__name__}: {err}", failed=True)
+            log.error("bf16 gate on request images failed: %s", err)
 
     def _extractor_for(self, size: tuple[int, int] | None) -> FeatureExtractor:
         base = self.extractor
@@ -241,6 +270,7 @@ class FeatureService:
                     metadata,
                     len(indices),
                 )
+        self._calibrate_on(items)
         return [r for r in results if r is not None]
 
     async def handle(self, request: HttpRequest, extract: Extract) -> Reply:
@@ -270,13 +300,21 @@ class FeatureService:
             headers = {"X-Manifest-Sha256": self.manifest_sha256}
             return Reply(200, self.manifest.to_json().encode(), "application/json", headers)
         if request.path == "/stats":
-            return json_reply(200, self.stats.snapshot())
+            return json_reply(200, self.stats.snapshot() | self.engine_state())
         self._check_ready()
         if request.path == "/features":
             return await self._features(request, extract)
         if request.path == "/predict":
             return await self._predict(request, extract)
         return await self._match(request, extract)
+
+    def engine_state(self) -> dict[str, object]:
+        """Which engine answers and why, and a deferred bf16 gate's progress."""
+        extractor = self.extractor
+        return {
+            "engine": None if extractor is None else extractor.selection.as_dict(),
+            "calibration": None if self.calibration is None else self.calibration.snapshot(),
+        }
 
     def _check_ready(self) -> None:
         if not self.ready:

@@ -287,7 +287,7 @@ def _feature_routes(app: FastAPI, hub: ServeHub) -> None:
             headers["X-Engine-Reason"] = service.extractor.selection.reason
         return Response(service.manifest.to_json(), headers=headers, media_type="application/json")
 
-    @app.get("/stats", summary="Requests, batch sizes and the cache")
+    @app.get("/stats", summary="Requests, batch sizes, engines and the cache")
     async def stats() -> dict[str, Any]:
         return hub.stats()
 

@@ -143,8 +143,9 @@ class ServeHub:
         return model
 
     def stats(self) -> dict[str, Any]:
-        """Requests and batch sizes over all models and per model, and the cache's figures."""
-        per_model = {n: s.stats.snapshot() for n, s in self.services.items()}
+        """Requests and batch sizes over all models and per model (with the engine answering and
+        a deferred bf16 gate's progress), and the cache's figures."""
+        per_model = {n: s.stats.snapshot() | s.engine_state() for n, s in self.services.items()}
         sizes: dict[str, int] = {}
         for snap in per_model.values():
             for size, count in snap["batch_sizes"].items():  # type: ignore[attr-defined]
