@@ -63,6 +63,7 @@ def test_export_bakes_the_catalog_entry(
     expected = entry.export
     assert expected is not None
     found = _baked(options)
+    assert options.method == name  # recorded in the manifest's build record
     if expected.noise_timestep is None:  # clean features: no noise, so nothing else applies
         assert found.noise_timestep is None
         found = Recipe(found.taps, None, image_size=found.image_size, prompt=found.prompt)

@@ -33,6 +33,8 @@ from cleandift_deploy.models.loading import LoadedUNet
 from cleandift_deploy.models.noise import EnsembleNoiser, NoiseSpec, alphas_cumprod, fixed_draws
 from cleandift_deploy.runtime.extractor import FeatureExtractor
 from cleandift_deploy.runtime.torch_reference import ReferenceSpec, build_reference
+from cleandift_deploy.serve.app import FeatureService, ServeConfig
+from cleandift_deploy.serve.hub import describe
 
 TAPS = ("us3", "us6")
 NOISE = NoiseSpec(timestep=261, ensemble=3, seed=7)
@@ -268,6 +270,8 @@ def test_cli_recipes_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert manifest.noise["timestep"] == 50 and manifest.noise["latent"] == "mean"
     assert manifest.noise["seed"] == 5 and manifest.timestep == 50.0
     assert manifest.freeu["s2"] == 0.2
+    assert manifest.build["method"] == "geoaware"
+    assert describe("geoaware", FeatureService(ServeConfig(str(out))))["method"] == "geoaware"
     bad = [
         (["--ensemble", "2"], "add --noise-timestep"),
         (["--method", "dift", "--no-vae"], "drop --no-vae"),

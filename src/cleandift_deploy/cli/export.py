@@ -163,6 +163,7 @@ def export(
     recipe = None if method is None else RECIPES[method]
     ctx = click.get_current_context()
     options = with_recipe(options, recipe, given_options(ctx), **recipe_args)
+    options.method = method
     loaded = resolve_source(source, arch=arch, random_init=random_init, seed=seed)
     spec = None
     if head is not None:

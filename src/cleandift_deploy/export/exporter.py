@@ -55,7 +55,7 @@ def _manifest(
         prompt_input=options.prompt_input,
         precision=options.precision,
         versions=package_versions(),
-        build=dict(extra, opset=options.opset),
+        build=dict(extra, opset=options.opset, method=options.method),
         noise={} if options.noise is None else options.noise.record(),
         freeu={} if options.freeu is None else options.freeu.record(),
     )

@@ -60,6 +60,9 @@ class ExportOptions:
     """Noisy (DIFT-style) features: timestep, ensemble, seed, latent mode; None: clean latents."""
     freeu: FreeU | None = None
     """FreeU factors applied in up blocks 0 and 1; None: off."""
+    method: str | None = None
+    """The catalog method whose recipe filled the defaults (`export --method`), recorded in the
+    manifest's build record so servers and users can name what the graph computes."""
 
     def check(self) -> None:
         """One-line errors for option values that cannot work together."""

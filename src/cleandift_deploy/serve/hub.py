@@ -68,7 +68,7 @@ def describe(name: str, service: FeatureService) -> dict[str, Any]:
         "kind": manifest.kind,
         "arch": manifest.arch,
         "source": manifest.source,
-        "method": "dift (noisy latent)" if noise else "clean features",
+        "method": manifest.build.get("method") or ("noisy features" if noise else "clean features"),
         "taps": list(manifest.tap_names),
         "default_tap": manifest.tap_names[-1],
         "image_size": [manifest.height.opt, manifest.width.opt],
