@@ -332,3 +332,48 @@ def test_cli_end_to_end_and_graph_equals_pytorch_probe(
             _run([*export, *bad, "-o", tmp_path / "s.onnx"])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_segmentation_head_inside_the_graph_equals_the_pytorch_probe(tmp_path: Path) -> None:
+    info = ProbeInfo(task="segmentation", channels=64, head="bn-linear", classes=5)
+    torch.manual_seed(4)
+    probe = build_probe(info)
+    assert probe.bn is not None
+    probe.bn.running_mean.normal_()
+    probe.bn.running_var.uniform_(0.5, 2.0)
+    save_probe(tmp_path / "seg.safetensors", probe, info)
+    graph_path = tmp_path / "seg.onnx"
+    _run(["export", "--arch", "tiny", "--random-init", "--seed", "1", "--image-size", "128", "128",
+          "--no-agreement", "--head", f"segmentation={tmp_path / 'seg.safetensors'}",
+          "-o", graph_path])  # fmt: skip
+    manifest = json.loads((tmp_path / "seg.json").read_text())
+    assert manifest["build"]["head"] == "segmentation"
+    assert [(t["name"], t["channels"]) for t in manifest["taps"]] == [("logits", 5)]
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
+    spec = ReferenceSpec(taps=("us6",), prompt="A photo of a room")
+    features = FeatureExtractor.from_source(
+        arch="tiny", random_init=True, seed=1, spec=spec, image_size=SIZE
+    )
+    with torch.no_grad():
+        cells = load_probe(tmp_path / "seg.safetensors").probe.eval()(features(images)["us6"])
+        want = torch.nn.functional.interpolate(cells, SIZE, mode="bilinear", align_corners=False)
+    got = FeatureExtractor.load(graph_path, backend="onnxruntime")(images)["logits"]
+    cosine = torch.nn.functional.cosine_similarity(want.flatten(1), got.flatten(1), dim=1)
+    assert float(cosine.min()) >= 0.99999 and float((want - got).abs().max()) <= 1e-3
+    assert (want.argmax(1) == got.argmax(1)).float().mean() >= 0.999
+    # serve's /predict: the class map as a palette PNG at the image's size
+    service = FeatureService(ServeConfig(str(graph_path), threads=1, max_batch=1))
+    service.load()
+
+    async def direct(item: Item) -> ItemResult:
+        return service.run_batch([item])[0]
+
+    buffer = io.BytesIO()
+    Image.fromarray(images[0]).save(buffer, "PNG")
+    request = HttpRequest("POST", "/predict", {}, "image/png", buffer.getvalue())
+    reply = asyncio.run(service.handle(request, direct))
+    assert reply.status == 200 and reply.headers["X-Task"] == "segmentation"
+    served = Image.open(io.BytesIO(reply.body))
+    assert served.mode == "P" and served.size == (128, 128)
+    np.testing.assert_array_equal(np.asarray(served), got[0].argmax(0).numpy())
