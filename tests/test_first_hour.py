@@ -273,12 +273,16 @@ def test_a_single_batch_size_plots_bars_from_zero() -> None:
 # item 2: pictures a person understands without reading code
 
 
+@pytest.mark.parametrize("resize", ["squash", "pad", "letterbox"])
 def test_extract_pca_picture_keeps_the_aspect_ratio(
-    here: Path, capsys: pytest.CaptureFixture[str]
+    here: Path, resize: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Only the cells the image covers are shown: a letterboxed image's bands stay out."""
     Image.fromarray(random_rgb(60, 150, np.random.default_rng(0))).save(here / "wide.png")
-    assert run_cli(["extract", "--model", "tiny.onnx", "wide.png", "--out", "f", "--pca"]) == 0
-    with Image.open(here / "f" / "wide.png.pca.png") as picture:
+    out = f"f-{resize}"
+    args = ["extract", "--model", "tiny.onnx", "wide.png", "--out", out, "--pca"]
+    assert run_cli([*args, "--resize", resize]) == 0
+    with Image.open(here / out / "wide.png.pca.png") as picture:
         width, height = picture.size
     assert abs(width / height - 150 / 60) < 0.02, f"squashed to {width}x{height}"
 

@@ -129,9 +129,12 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         temporary.write_bytes(feature_file_bytes(tensors, metadata))
 
 
-def _content_cells(extractor: FeatureExtractor, tap: str, placement: Placement) -> tuple[int, int]:
-    stride = next(t.stride for t in extractor.manifest.taps if t.name == tap)
-    return -(-placement.content[0] // stride), -(-placement.content[1] // stride)
+def covered_cells(features: torch.Tensor, stride: int, placement: Placement) -> torch.Tensor:
+    """The cells of a [C, h, w] map that the image covers (bands and padding left out)."""
+    top, left = placement.offset[0] // stride, placement.offset[1] // stride
+    bottom = -(-(placement.offset[0] + placement.content[0]) // stride)
+    right = -(-(placement.offset[1] + placement.content[1]) // stride)
+    return features[:, top:bottom, left:right]
 
 
 def _write_batch(
@@ -151,11 +154,9 @@ def _write_batch(
         elif pca:
             tap = extractor.taps[-1]
             picture = job.output.with_name(job.output.name[: -len(OUTPUT_SUFFIX)] + PCA_SUFFIX)
-            if placement.offset == (0, 0):  # the content's cells at the image's aspect ratio
-                cells = _content_cells(extractor, tap, placement)
-                save_pca_picture(tensors[tap], picture, shown_size(placement.original), cells)
-            else:  # letterboxed: the whole canvas, bands included
-                save_pca_picture(tensors[tap], picture, extractor.image_size)
+            stride = next(t.stride for t in extractor.manifest.taps if t.name == tap)
+            cells = covered_cells(tensors[tap], stride, placement)
+            save_pca_picture(cells, picture, shown_size(placement.original))
         written.append(job.output)
     return written
 

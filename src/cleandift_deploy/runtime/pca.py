@@ -19,43 +19,32 @@ CLIP_PERCENT = 1.0
 """Components are stretched between their 1st and 99th percentiles, so outliers do not dominate."""
 
 
-def pca_rgb(features: torch.Tensor, content: tuple[int, int] | None = None) -> np.ndarray:
-    """uint8 [h, w, 3] picture of a [C, h, w] map; only the `content` (h, w) cells are fitted."""
+def pca_rgb(features: torch.Tensor) -> np.ndarray:
+    """uint8 [h, w, 3] picture of a [C, h, w] map (give only the cells the image covers: padding
+    would take a component of its own)."""
     if features.ndim != 3 or features.shape[0] < 3:
         raise CleanDiftError(f"PCA needs a [C>=3, h, w] map; got shape {tuple(features.shape)}")
     channels, height, width = features.shape
-    rows, cols = content or (height, width)
-    cells = features[:, :rows, :cols].reshape(channels, -1).T.double()
+    cells = features.reshape(channels, -1).T.double()
     centred = cells - cells.mean(dim=0)
     _, _, components = torch.linalg.svd(centred, full_matrices=False)
     projected = (centred @ components[:3].T).numpy()
     low, high = np.percentile(projected, [CLIP_PERCENT, 100 - CLIP_PERCENT], axis=0)
     scaled = np.clip((projected - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
-    picture = np.zeros((height, width, 3), dtype=np.uint8)
-    picture[:rows, :cols] = np.rint(scaled * 255).astype(np.uint8).reshape(rows, cols, 3)
-    return picture
+    return np.rint(scaled * 255).astype(np.uint8).reshape(height, width, 3)
 
 
-def pca_picture(
-    features: torch.Tensor, size: tuple[int, int], content: tuple[int, int] | None = None
-) -> Image.Image:
-    """The PCA picture of a [C, h, w] map, cropped to its `content` cells and shown at `size`
-    (H, W), cells as blocks: give the image's own aspect ratio so nothing looks squashed."""
-    rgb = pca_rgb(features.detach().float().cpu(), content)
-    rows, cols = content or rgb.shape[:2]
-    picture = Image.fromarray(np.ascontiguousarray(rgb[:rows, :cols]))
+def pca_picture(features: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """The PCA picture of a [C, h, w] map shown at `size` (H, W), cells as blocks: give the
+    image's own aspect ratio so nothing looks squashed."""
+    picture = Image.fromarray(pca_rgb(features.detach().float().cpu()))
     return picture.resize((size[1], size[0]), Image.Resampling.NEAREST)
 
 
-def save_pca_picture(
-    features: torch.Tensor,
-    path: Path,
-    size: tuple[int, int],
-    content: tuple[int, int] | None = None,
-) -> None:
+def save_pca_picture(features: torch.Tensor, path: Path, size: tuple[int, int]) -> None:
     """Write the PCA picture of a [C, h, w] map as a PNG of `size` (H, W), cells as blocks."""
     with atomic_path(path) as temporary:
-        pca_picture(features, size, content).save(temporary, format="PNG")
+        pca_picture(features, size).save(temporary, format="PNG")
 
 
 def shown_size(original: tuple[int, int], longest: int = 512) -> tuple[int, int]:
@@ -79,14 +68,13 @@ def save_pca_panel(
     path: Path,
     title: str,
     tap: str,
-    content: tuple[int, int] | None = None,
 ) -> None:
     """The photo and the PCA picture of its features side by side, at the photo's aspect ratio,
     under a title naming the image and tap and captions saying what each half shows."""
     height = 320
     width = round(photo.width * height / photo.height)
     left = photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-    right = pca_picture(features, (height, width), content)
+    right = pca_picture(features, (height, width))
     font, margin, gap, line = caption_font(), 10, 12, 21
     captions = ("the photo", f"its {tap} features: 3 principal components as red, green, blue")
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
