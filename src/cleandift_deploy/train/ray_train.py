@@ -7,7 +7,8 @@ exactly what a torchrun rank runs, so the run folder (student, state, loss curve
 rank 0 writes the checkpoints into the run folder itself and reports their path with the metrics
 (on a cluster the run folder must be on storage every node sees, like the data folder).
 
-Without `--address` a local Ray instance is started (`ray.init(num_cpus=N)`, no dashboard).
+Without `--address` a local Ray instance is started (`ray.init(num_cpus=N)`, its dashboard on
+127.0.0.1 only).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def _init_ray(address: str | None, workers: int, gpus_per_worker: float) -> None
         ray.init(address=address)
     else:
         gpus = int(workers * gpus_per_worker + 0.999) if gpus_per_worker else None
-        ray.init(num_cpus=workers, num_gpus=gpus, include_dashboard=False, log_to_driver=True)
+        # The dashboard serves the state API that Ray Train's placement-group cleaner polls;
+        # without it the cleaner warns every second of the run. It listens on 127.0.0.1 only.
+        ray.init(num_cpus=workers, num_gpus=gpus, include_dashboard=True, log_to_driver=True)
 
 
 def _error_line(error: BaseException) -> str:
