@@ -213,7 +213,12 @@ class FeatureService:
             return
         images = self.calibration.add([item.rgb for item in items])
         if images is not None:
-            threading.Thread(target=self._gate, args=(images,), name="bf16-gate").start()
+            # daemon: stopping the server does not wait for a measurement (its record is
+            # written atomically, so an interrupted one leaves nothing behind)
+            gate = threading.Thread(
+                target=self._gate, args=(images,), name="bf16-gate", daemon=True
+            )
+            gate.start()
 
     def _gate(self, images: list[np.ndarray]) -> None:
         """Measure the bf16 gate on request images and move to bf16 where it passes."""
