@@ -75,17 +75,23 @@ class ExportGraph(nn.Module):
         first = IMAGE_INPUT if self.image_model is not None else LATENT_INPUT
         return [first] if self.has_prompt else [first, PROMPT_INPUT]
 
-    def forward(
+    def tapped(
         self, x: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        """Taps for a batch of uint8 images (or latents)."""
+    ) -> dict[str, torch.Tensor]:
+        """Every tapped feature map for a batch of uint8 images (or latents), by tap name; the
+        graphs with a head inside read theirs from here."""
         if encoder_hidden_states is None:
             encoder_hidden_states = self.prompt_embeds
         if self.image_model is not None:
             image = x.to(torch.float32) / 127.5 - 1.0
-            found = self.image_model(image, encoder_hidden_states)
-        else:
-            found = self.features(x, encoder_hidden_states)
+            return self.image_model(image, encoder_hidden_states)
+        return self.features(x, encoder_hidden_states)
+
+    def forward(
+        self, x: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Taps for a batch of uint8 images (or latents)."""
+        found = self.tapped(x, encoder_hidden_states)
         return tuple(found[name] for name in self.taps)
 
 

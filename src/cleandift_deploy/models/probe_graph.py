@@ -50,11 +50,7 @@ class ProbeGraph(ExportGraph):
         self, x: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
         """`(map,)` for a batch of uint8 images, at the images' size."""
-        assert self.image_model is not None
-        if encoder_hidden_states is None:
-            encoder_hidden_states = self.prompt_embeds
-        image = x.to(torch.float32) / 127.5 - 1.0
-        features = self.image_model(image, encoder_hidden_states)[self.info.tap]
+        features = self.tapped(x, encoder_hidden_states)[self.info.tap]
         return (self.head(features, (x.shape[-2], x.shape[-1])),)
 
 

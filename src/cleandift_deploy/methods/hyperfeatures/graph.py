@@ -55,11 +55,7 @@ class HyperfeatureGraph(ExportGraph):
         self, x: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
         """`(hyperfeatures,)` for a batch of uint8 images."""
-        assert self.image_model is not None
-        if encoder_hidden_states is None:
-            encoder_hidden_states = self.prompt_embeds
-        image = x.to(torch.float32) / 127.5 - 1.0
-        found = self.image_model(image, encoder_hidden_states)
+        found = self.tapped(x, encoder_hidden_states)
         return (self.aggregator([found[name] for name in RESNET_TAP_NAMES]),)
 
 
