@@ -174,8 +174,10 @@ class FeatureService:
         self.load_error: str | None = None
         self._sizes: dict[tuple[int, int], FeatureExtractor] = {}
         self._lock = threading.Lock()
-        wanted = config.precision.calibrate_on_requests if config.precision.deferred else 0
-        self.calibration = RequestCalibration(wanted) if wanted else None
+        wanted = config.precision
+        self.calibration = (
+            RequestCalibration(wanted.calibrate_on_requests) if wanted.deferred else None
+        )
 
     @property
     def ready(self) -> bool:
